@@ -1,0 +1,59 @@
+"""Bad config values fail before training with one sentence naming the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from uda.config import validate
+from uda.errors import ConfigError
+from uda.loggers import resolve_wandb_mode, wandb_api_key_configured
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("harmonizer.lam=1.5", r"harmonizer.lam=1.5 is outside \[0, 1\]"),
+        ("harmonizer.lam=-0.1", r"harmonizer.lam=-0.1 is outside \[0, 1\]"),
+        ("optimizer.lr=-0.01", r"optimizer.lr=-0.01 is invalid: the learning rate must be a positive number"),
+        ("optimizer.lr=0", r"optimizer.lr=0 is invalid"),
+        ("dataset.batch_size=0", r"dataset.batch_size=0 is invalid: it must be a positive integer"),
+        ("dataset.target=usps", r"dataset.target='usps' is not a domain of offline_digits; choose one of: mnist, uci"),
+        ("dataset.source=MNIST", r"dataset.source='MNIST' is not a domain"),
+        ("iterations=1000", r"iterations=1000 is not a multiple of eval_every=250"),
+        ("iterations=0", r"iterations=0 is invalid"),
+        ("baseline.trade_off=-1", r"baseline.trade_off=-1 is invalid"),
+        ("lr_mult.backbone=-1", r"lr_mult.backbone=-1 is invalid"),
+        ("trainer.precision=16-mixed", r"trainer.precision=16-mixed is not supported with a harmonizer"),
+    ],
+)
+def test_bad_values_fail_early_with_one_sentence(train_cfg, override: str, message: str) -> None:
+    if override.startswith("iterations=1000"):
+        cfg = train_cfg(override, "eval_every=250")
+        cfg.iterations = 1001
+        message = "iterations=1001 is not a multiple of eval_every=250"
+    else:
+        cfg = train_cfg(override)
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_default_config_is_valid(train_cfg) -> None:
+    validate(train_cfg())
+    validate(train_cfg("harmonizer=none", "trainer.precision=16-mixed"))  # nothing harmonized: fine
+
+
+def test_wandb_mode_auto_is_offline_without_credentials(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not wandb_api_key_configured()
+    assert resolve_wandb_mode("auto") == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    assert resolve_wandb_mode("offline") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # an explicit environment choice always wins
+    assert resolve_wandb_mode("auto") == "disabled"

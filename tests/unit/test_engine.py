@@ -1,0 +1,178 @@
+"""The 2-pass gradient engine against the official 3-pass procedure and explicit vector algebra."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from uda.baselines import CDAN, UDABatch
+from uda.harmonizers import GH, GHPP, NoHarmonizer, harmonized_backward, loss_gradients, three_pass_backward
+from uda.models import LeNet
+
+
+def grads(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def clear(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.grad = None
+
+
+def cdan_losses(model: CDAN, batch: UDABatch, seed: int = 0) -> list[torch.Tensor]:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # same dropout masks in every forward pass
+        out = model.compute_losses("main", batch, iteration=500)
+    return [out.losses["align"], out.losses["cls"]]
+
+
+@pytest.fixture
+def cdan() -> tuple[CDAN, UDABatch]:
+    torch.manual_seed(0)
+    model = CDAN(LeNet(), num_classes=10, discriminator_hidden=64)
+    batch = UDABatch(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.randn(8, 1, 28, 28))
+    return model, batch
+
+
+@pytest.mark.parametrize("harmonizer", [GH(), GHPP(0.5), GHPP(0.2), NoHarmonizer()], ids=repr)
+@pytest.mark.parametrize("coefs", [(1.0, 1.0), (0.3, 1.0)])
+def test_two_pass_equals_official_three_pass_on_cdan(cdan, harmonizer, coefs) -> None:
+    model, batch = cdan
+    params = list(model.parameters())
+    scope = model.scope_parameters("official")
+
+    three_tau = three_pass_backward(cdan_losses(model, batch), params, harmonizer, coefs=coefs, gram_params=scope)
+    expected = grads(params)
+    clear(model)
+    stats = harmonized_backward(cdan_losses(model, batch), params, harmonizer, coefs=coefs, gram_params=scope)
+    got = grads(params)
+
+    torch.testing.assert_close(stats.tau, three_tau)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+    assert any(e.abs().sum() > 0 for e in expected)
+
+
+def test_official_scope_excludes_discriminator_but_tau_still_scales_it(cdan) -> None:
+    model, batch = cdan
+    params = list(model.parameters())
+    scope = model.scope_parameters("official")
+    disc = set(map(id, model.discriminator.parameters()))
+    assert not disc & set(map(id, scope))
+
+    stats = harmonized_backward(cdan_losses(model, batch), params, GHPP(0.5), gram_params=scope)
+    official = [p.grad.clone() for p in model.discriminator.parameters()]
+    clear(model)
+    plain = harmonized_backward(cdan_losses(model, batch), params, NoHarmonizer(), gram_params=scope)
+    assert plain.tau.tolist() == [1.0, 1.0]
+    raw = [p.grad.clone() for p in model.discriminator.parameters()]
+    # only the alignment loss reaches the discriminator: its gradient is tau1 * g_align there
+    for o, r in zip(official, raw, strict=True):
+        torch.testing.assert_close(o, stats.tau[0] * r)
+
+
+def test_tau_scope_gram_leaves_parameters_outside_the_scope_unweighted(cdan) -> None:
+    model, batch = cdan
+    params = list(model.parameters())
+    scope = model.scope_parameters("official")
+    harmonized_backward(cdan_losses(model, batch), params, NoHarmonizer(), coefs=[0.5, 1.0], gram_params=scope)
+    plain = grads(params)
+    clear(model)
+    stats = harmonized_backward(
+        cdan_losses(model, batch), params, GH(), coefs=[0.5, 1.0], gram_params=scope, tau_scope="gram"
+    )
+    scope_ids = set(map(id, scope))
+    for p, g in zip(params, plain, strict=True):
+        if id(p) not in scope_ids:
+            torch.testing.assert_close(p.grad, g)
+    assert stats.tau.shape == (2,)
+
+
+def test_weighted_gram_uses_coefficient_scaled_gradients() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 0.0]))
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    losses = lambda: [w @ g1, w @ g2]  # noqa: E731 - gradients are exactly g1, g2
+    coefs = [0.2, 1.0]
+    stats = harmonized_backward(losses(), [w], GH(), coefs=coefs, weighted=True)
+    expected_tau = GH().weights(torch.stack([0.2 * g1, g2]) @ torch.stack([0.2 * g1, g2]).T)
+    torch.testing.assert_close(stats.tau, expected_tau)
+    torch.testing.assert_close(w.grad, 0.2 * expected_tau[0] * g1 + expected_tau[1] * g2)
+    w.grad = None
+    unweighted = harmonized_backward(losses(), [w], GH(), coefs=coefs, weighted=False)
+    torch.testing.assert_close(unweighted.tau, GH().weights(torch.stack([g1, g2]) @ torch.stack([g1, g2]).T))
+    assert not torch.allclose(unweighted.tau, stats.tau)
+
+
+def test_parameters_reached_by_one_loss_are_zero_filled() -> None:
+    shared, only_a = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    loss_a = (shared * 2).sum() + only_a.sum()
+    loss_b = (shared * -1).sum()
+    flat = loss_gradients([loss_a, loss_b], [shared, only_a])
+    torch.testing.assert_close(flat, torch.tensor([[2.0, 2, 2, 1, 1], [-1.0, -1, -1, 0, 0]]))
+
+
+def test_gram_scope_may_include_parameters_that_are_not_updated() -> None:
+    """MCD step B: the Gram matrix is over the generator while only the classifiers step."""
+    gen, head = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([0.5]))
+    loss1 = (gen * torch.tensor([1.0, 0.0])).sum() + 3 * head.sum()
+    loss2 = (gen * torch.tensor([-1.0, 1.0])).sum() - head.sum()
+    stats = harmonized_backward([loss1, loss2], [head], GH(), gram_params=[gen])
+    assert gen.grad is None
+    torch.testing.assert_close(stats.gram, torch.tensor([[1.0, -1.0], [-1.0, 2.0]]))
+    tau = GH().weights(stats.gram)
+    torch.testing.assert_close(head.grad, torch.tensor([3.0 * tau[0] - tau[1]]))
+
+
+def test_accumulates_into_existing_grad_like_backward() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 1.0]))
+    w.grad = torch.tensor([10.0, 10.0])
+    harmonized_backward([w.sum(), 2 * w.sum()], [w], NoHarmonizer())
+    torch.testing.assert_close(w.grad, torch.tensor([13.0, 13.0]))
+
+
+def test_stats_update_geometry_matches_explicit_vectors() -> None:
+    torch.manual_seed(3)
+    w = nn.Parameter(torch.zeros(6))
+    g1, g2 = torch.randn(6), torch.randn(6)
+    g2 = g2 - 2 * (g2 @ g1).abs() / (g1 @ g1) * g1  # make them conflict
+    stats = harmonized_backward([w @ g1, w @ g2], [w], GH(), coefs=[0.7, 1.0])
+    d = w.grad
+    torch.testing.assert_close(stats.update_dots, torch.stack([d @ g1, d @ g2]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stats.update_norm, d.norm(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stats.cos(), (g1 @ g2) / (g1.norm() * g2.norm()), rtol=1e-4, atol=1e-6)
+    assert stats.conflict().item() == 1.0
+
+
+def test_gh_guarantee_holds_unless_the_trade_off_is_applied_after_harmonization() -> None:
+    """GH's update never conflicts with its inputs; a trade-off applied afterwards (official CDAN) can
+    break that, applying it before (`weighted=True`) keeps it."""
+    w = nn.Parameter(torch.zeros(2))
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 0.5])
+
+    def run(coefs, weighted):
+        w.grad = None
+        return harmonized_backward([w @ g1, w @ g2], [w], GH(), coefs=coefs, weighted=weighted)
+
+    assert run([1.0, 1.0], False).conflict_after().item() == 0.0
+    assert run([0.1, 1.0], False).conflict_after().item() == 1.0
+    assert run([0.1, 1.0], True).conflict_after().item() == 0.0
+
+
+def test_plain_sum_of_conflicting_losses_is_reported_as_conflicting_after() -> None:
+    w = nn.Parameter(torch.zeros(2))
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-3.0, 0.1])
+    stats = harmonized_backward([w @ g1, w @ g2], [w], NoHarmonizer())
+    assert stats.conflict().item() == 1.0
+    assert stats.conflict_after().item() == 1.0  # d = g1 + g2 points against g1
+
+
+def test_groups_harmonize_only_the_listed_losses() -> None:
+    w = nn.Parameter(torch.zeros(2))
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), torch.tensor([5.0, 5.0])]
+    stats = harmonized_backward([w @ gi for gi in g], [w], GH(), groups=[[0, 1]])
+    assert stats.tau[2].item() == 1.0
+    expected = GH().weights(torch.stack(g[:2]) @ torch.stack(g[:2]).T)
+    torch.testing.assert_close(stats.tau[:2], expected)
+    with pytest.raises(ValueError, match="pass `groups`"):
+        harmonized_backward([w @ gi for gi in g], [w], GH())

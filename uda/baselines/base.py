@@ -1,0 +1,122 @@
+"""What every baseline provides: heads, named losses per stage, parameter scopes. Nothing about harmonization.
+
+A baseline declares its training *stages*. Each stage names the losses it computes, their trade-off
+coefficients, the optimizer it steps, and which losses are harmonized together (in the official order:
+the first loss of a group is GH++'s loss "1"). The training module runs the stages; the gradient engine
+turns the losses into ``.grad``; the baseline never sees tau.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
+
+from torch import Tensor, nn
+
+#: names of the Gram scopes a user can choose with ``engine.scope``
+GRAM_SCOPES = ("official", "backbone", "shared")
+
+
+class UDABatch(NamedTuple):
+    """One training batch: labelled source images and labels, unlabelled target images."""
+
+    x_source: Tensor
+    y_source: Tensor
+    x_target: Tensor
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One optimization stage of a training iteration.
+
+    Attributes:
+        name: stage name (used in log keys when a baseline has several stages).
+        coefs: the losses this stage optimizes, mapped to their trade-off coefficients.
+        harmonize: groups of loss names harmonized together, official order first (loss "1" first).
+        weighted: official placement of the trade-off: True = coefficients multiply the losses before
+            harmonization (MCD, SSRT), False = after (CDAN, GVB, DWL). ``engine.weighted`` overrides it.
+        optimizer: name of the optimizer this stage steps (see :meth:`Baseline.optimizer_groups`).
+        repeat: how many times the stage runs per iteration (e.g. MCD's num_k generator steps).
+    """
+
+    name: str
+    coefs: Mapping[str, float]
+    harmonize: tuple[tuple[str, ...], ...] = ()
+    weighted: bool = False
+    optimizer: str = "main"
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        for group in self.harmonize:
+            missing = [name for name in group if name not in self.coefs]
+            if missing:
+                raise ValueError(f"stage {self.name!r} harmonizes unknown losses {missing}")
+
+
+@dataclass
+class StageOutput:
+    """Losses computed by one stage (keys match ``Stage.coefs``) and extra metrics to log."""
+
+    losses: dict[str, Tensor]
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+class Baseline(nn.Module, ABC):
+    """A UDA method: backbone + heads + losses.
+
+    Subclasses set ``name``, build their heads, define :attr:`stages`, and implement
+    :meth:`compute_losses` and :meth:`predict`. Parameter scopes are given by module attribute names:
+    ``official_scope`` (the parameters the official GH code puts in the Gram matrix) and ``shared_scope``
+    (the feature extractor shared by all losses).
+    """
+
+    name: ClassVar[str] = "baseline"
+    official_scope: ClassVar[tuple[str, ...]] = ("backbone",)
+    shared_scope: ClassVar[tuple[str, ...]] = ("backbone",)
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        if not hasattr(backbone, "out_features"):
+            raise TypeError("a backbone must expose `out_features` (the feature dimension)")
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+
+    @property
+    @abstractmethod
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages of one training iteration, in order."""
+
+    @abstractmethod
+    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+        """Forward pass for ``stage``; ``iteration`` drives schedules such as the GRL coefficient."""
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Tensor:
+        """Class logits used for evaluation."""
+
+    def optimizer_groups(self) -> dict[str, dict[str, list[nn.Parameter]]]:
+        """Parameters per optimizer, split into learning-rate groups ("backbone", "heads")."""
+        backbone = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        heads = [p for p in self.parameters() if id(p) not in ids]
+        return {"main": {"backbone": backbone, "heads": heads}}
+
+    def scope_parameters(self, scope: str) -> list[nn.Parameter]:
+        """Parameters forming the Gram matrix for ``scope`` ∈ :data:`GRAM_SCOPES`."""
+        if scope == "official":
+            names = self.official_scope
+        elif scope == "shared":
+            names = self.shared_scope
+        elif scope == "backbone":
+            names = ("backbone",)
+        else:
+            raise ValueError(f"unknown Gram scope {scope!r}; choose one of {', '.join(GRAM_SCOPES)}")
+        return [p for name in names for p in getattr(self, name).parameters()]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)

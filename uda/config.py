@@ -1,0 +1,115 @@
+"""Early config checks: every bad value fails here, with one sentence, before any data or model is built."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from uda.errors import ConfigError
+
+HALF_PRECISION = ("16", "16-mixed", "fp16", "16-true")
+
+
+def _number(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return node
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(cfg: DictConfig, key: str, hint: str) -> int:
+    value = _number(cfg, key)
+    _require(
+        isinstance(value, Integral) and not isinstance(value, bool) and value > 0,
+        f"{key}={value!r} is invalid: it must be a positive integer ({hint})",
+    )
+    return int(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config; raise :class:`ConfigError` naming the key, the value and the fix."""
+    iterations = _positive_int(cfg, "iterations", "the number of training iterations, e.g. iterations=2500")
+    eval_every = _positive_int(cfg, "eval_every", "evaluate every n iterations, e.g. eval_every=250")
+    _require(
+        iterations % eval_every == 0,
+        f"iterations={iterations} is not a multiple of eval_every={eval_every}; "
+        f"pick e.g. iterations={max(1, round(iterations / eval_every)) * eval_every}",
+    )
+    seed = cfg.get("seed")
+    _require(
+        isinstance(seed, Integral) and not isinstance(seed, bool),
+        f"seed={seed!r} is invalid: it must be an integer, e.g. seed=0",
+    )
+
+    _positive_int(cfg, "dataset.batch_size", "samples per domain in each training batch, e.g. 64")
+    if _number(cfg, "dataset.eval_batch_size") is not None:
+        _positive_int(cfg, "dataset.eval_batch_size", "samples per evaluation batch")
+    workers = _number(cfg, "dataset.num_workers")
+    _require(
+        workers is None or (isinstance(workers, Integral) and workers >= 0),
+        f"dataset.num_workers={workers!r} is invalid: it must be 0 or a positive integer",
+    )
+    _check_domains(cfg)
+
+    lr = _number(cfg, "optimizer.lr")
+    _require(
+        isinstance(lr, Real) and not isinstance(lr, bool) and lr > 0,
+        f"optimizer.lr={lr!r} is invalid: the learning rate must be a positive number, e.g. optimizer.lr=0.01",
+    )
+    for key in ("optimizer.weight_decay", "optimizer.momentum"):
+        value = _number(cfg, key)
+        _require(
+            value is None or (isinstance(value, Real) and value >= 0),
+            f"{key}={value!r} is invalid: it must be a non-negative number",
+        )
+    for group, mult in (cfg.get("lr_mult") or {}).items():
+        _require(
+            isinstance(mult, Real) and mult >= 0,
+            f"lr_mult.{group}={mult!r} is invalid: learning-rate multipliers must be non-negative numbers",
+        )
+
+    lam = _number(cfg, "harmonizer.lam")
+    if lam is not None:
+        _require(
+            isinstance(lam, Real) and 0.0 <= lam <= 1.0,
+            f"harmonizer.lam={lam!r} is outside [0, 1]: it is the GH++ trade-off, "
+            "e.g. harmonizer.lam=0.5 (the paper's value)",
+        )
+    trade_off = _number(cfg, "baseline.trade_off")
+    if trade_off is not None:
+        _require(
+            isinstance(trade_off, Real) and trade_off >= 0,
+            f"baseline.trade_off={trade_off!r} is invalid: the alignment weight must be a non-negative number",
+        )
+
+    precision = str(_number(cfg, "trainer.precision"))
+    harmonizer_target = str(_number(cfg, "harmonizer._target_"))
+    _require(
+        precision not in HALF_PRECISION or harmonizer_target.endswith("NoHarmonizer"),
+        f"trainer.precision={precision} is not supported with a harmonizer (the engine writes gradients "
+        "itself, which a float16 loss scaler cannot see); use trainer.precision=bf16-mixed or 32-true",
+    )
+
+
+def _check_domains(cfg: DictConfig) -> None:
+    target = _number(cfg, "dataset._target_")
+    try:
+        datamodule_cls = get_class(target)
+    except Exception as err:  # noqa: BLE001 - any import failure means a wrong _target_
+        raise ConfigError(f"dataset._target_={target!r} cannot be imported ({err})") from err
+    domains = getattr(datamodule_cls, "domains", ())
+    for role in ("source", "target"):
+        value = _number(cfg, f"dataset.{role}")
+        _require(
+            not domains or value in domains,
+            f"dataset.{role}={value!r} is not a domain of {getattr(datamodule_cls, 'name', target)}; "
+            f"choose one of: {', '.join(domains)}",
+        )

@@ -1,0 +1,121 @@
+"""The UDA datamodule: paired source/target training batches, target (and source) evaluation sets."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from uda.errors import ConfigError
+
+#: evaluation sets in the order of ``val_dataloader``; metric names are "<name>/acc"
+EVAL_SETS = ("target", "source")
+
+
+@dataclass
+class DomainSplit:
+    """A domain's labelled train and test sets (each item is ``(image, label)``)."""
+
+    train: Dataset
+    test: Dataset
+
+
+class Unlabeled(Dataset):
+    """View of a labelled dataset that yields images only, so target labels cannot leak into training."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.dataset[index][0]
+
+
+class UDADataModule(L.LightningDataModule):
+    """Source (labelled) + target (unlabelled) training; evaluation on the target and source test splits.
+
+    Training batches are ``{"source": (x, y), "target": x}``. Each domain is drawn by its own sampler
+    that walks through fresh random permutations of the domain (reshuffled at every pass), so source and
+    target of different sizes pair up without either being truncated; one "epoch" is
+    ``iters_per_epoch`` iterations (the evaluation period). Subclasses set ``domains``, ``num_classes``
+    and implement :meth:`load_domain`.
+    """
+
+    name: ClassVar[str] = "uda"
+    domains: ClassVar[tuple[str, ...]] = ()
+    num_classes: ClassVar[int] = 0
+    class_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        iters_per_epoch: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        for role, domain in (("source", source), ("target", target)):
+            if domain not in self.domains:
+                raise ConfigError(
+                    f"dataset.{role}={domain!r} is not a domain of {self.name}; "
+                    f"choose one of: {', '.join(self.domains)}"
+                )
+        self.source, self.target = source, target
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.iters_per_epoch = iters_per_epoch
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.source_data: DomainSplit | None = None
+        self.target_data: DomainSplit | None = None
+
+    @property
+    def task(self) -> str:
+        return f"{self.source}→{self.target}"
+
+    @abstractmethod
+    def load_domain(self, domain: str) -> DomainSplit:
+        """Load one domain's train and test splits."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.source_data is None:
+            self.source_data = self.load_domain(self.source)
+            self.target_data = self.load_domain(self.target)
+
+    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        kwargs = dict(
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+        iters = self.iters_per_epoch or -(-max(len(self.source_data.train), len(self.target_data.train))
+                                          // self.batch_size)
+        # Without replacement and num_samples > len(dataset), RandomSampler concatenates fresh
+        # permutations: every sample is seen once per pass and the order changes at every pass.
+        sampler = RandomSampler(dataset, replacement=False, num_samples=iters * self.batch_size)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **kwargs)
+
+    def train_dataloader(self) -> CombinedLoader:
+        self.setup()
+        return CombinedLoader(
+            {
+                "source": self._loader(self.source_data.train, train=True),
+                "target": self._loader(Unlabeled(self.target_data.train), train=True),
+            },
+            mode="min_size",
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        self.setup()
+        return [self._loader(self.target_data.test, train=False), self._loader(self.source_data.test, train=False)]

@@ -1,0 +1,273 @@
+"""The gradient engine: per-loss gradients, their Gram matrix, and the harmonized update in ``.grad``.
+
+One call of :func:`harmonized_backward` replaces ``loss.backward()`` in a training step:
+
+1. g_i = dL_i/dθ for every loss by ``torch.autograd.grad`` over the parameters being optimized,
+   zero-filled where a loss does not reach a parameter (``materialize_grads``), copied into one
+   flat ``(m, P)`` buffer (one buffer, so a distributed all-reduce is a single fused call);
+2. the Gram matrix K = G Gᵀ over the harmonized parameter scope (the first ``D`` columns);
+3. tau = harmonizer.weights(K) for each harmonized group of losses;
+4. ``p.grad = Σ_i coef_i · tau_i · g_i`` written directly (GH paper Eq. 41 with the baseline's
+   trade-off coefficients ``coef_i``) — no third backward pass over the graph.
+
+The official GH code instead runs backward(L1), backward(L2), then backward(Σ coef_i tau_i L_i): three
+passes with an identical result. :func:`three_pass_backward` keeps that procedure as the reference for
+tests and benchmarks.
+
+Plain PyTorch only: a researcher can call this from any training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from uda.harmonizers.base import Harmonizer
+
+#: relative tolerance when deciding that the update conflicts with a loss after harmonization
+#: (GH makes d·g_i = ‖g_i‖² sin²θ, which rounding can push a hair below zero when θ ≈ π)
+CONFLICT_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Gradient geometry of one harmonized step; every field is a detached tensor on the device.
+
+    Attributes:
+        gram: ``(m, m)`` Gram matrix of the raw per-loss gradients over the Gram scope (before the
+            trade-off coefficients and before harmonization).
+        tau: ``(m,)`` harmonizer weights (1 for losses outside every harmonized group).
+        coefs: ``(m,)`` trade-off coefficients of the losses.
+        groups: index tuples of the losses harmonized together (the first index is loss "1").
+    """
+
+    gram: Tensor
+    tau: Tensor
+    coefs: Tensor
+    groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def norms(self) -> Tensor:
+        """‖g_i‖ over the Gram scope."""
+        return torch.sqrt(torch.clamp(torch.diagonal(self.gram), min=0.0))
+
+    def cos(self, i: int = 0, j: int = 1) -> Tensor:
+        """cos(g_i, g_j); 0 when either gradient is zero."""
+        den = self.norms[i] * self.norms[j]
+        return torch.where(den > 0, self.gram[i, j] / torch.clamp(den, min=1e-30), torch.zeros_like(den))
+
+    def conflict(self, i: int = 0, j: int = 1) -> Tensor:
+        """1.0 when g_i·g_j < 0 (an obtuse angle), else 0.0."""
+        return (self.gram[i, j] < 0).to(self.gram.dtype)
+
+    @property
+    def update_weights(self) -> Tensor:
+        """w_i = coef_i · tau_i: the update is d = Σ_i w_i g_i over the Gram scope."""
+        return self.coefs * self.tau
+
+    @property
+    def update_dots(self) -> Tensor:
+        """d · g_i for each loss, from the Gram matrix alone: (K w)_i."""
+        return self.gram @ self.update_weights
+
+    @property
+    def update_norm(self) -> Tensor:
+        """‖d‖ = sqrt(wᵀ K w)."""
+        w = self.update_weights
+        return torch.sqrt(torch.clamp(w @ self.gram @ w, min=0.0))
+
+    def update_cos(self) -> Tensor:
+        """cos(d, g_i) for each loss (0 where a norm is zero)."""
+        den = self.update_norm * self.norms
+        return torch.where(den > 0, self.update_dots / torch.clamp(den, min=1e-30), torch.zeros_like(den))
+
+    def conflict_after(self) -> Tensor:
+        """1.0 when the update d opposes some harmonized loss's gradient (d·g_i < 0), else 0.0."""
+        members = sorted({i for group in self.groups for i in group}) or list(range(self.gram.shape[0]))
+        idx = torch.tensor(members, device=self.gram.device)
+        tol = CONFLICT_RTOL * self.update_norm * self.norms[idx]
+        return (self.update_dots[idx] < -tol).any().to(self.gram.dtype)
+
+
+def _as_param_list(params: Iterable[Tensor]) -> list[Tensor]:
+    out, seen = [], set()
+    for p in params:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def default_groups(num_losses: int, harmonizer: Harmonizer) -> tuple[tuple[int, ...], ...]:
+    """All losses form one group when the harmonizer accepts that many; otherwise nothing is harmonized."""
+    if num_losses < 2:
+        return ()
+    if harmonizer.num_losses is None or harmonizer.num_losses == num_losses:
+        return (tuple(range(num_losses)),)
+    raise ValueError(
+        f"{harmonizer.name} harmonizes {harmonizer.num_losses} losses but {num_losses} were given; "
+        "pass `groups` to say which losses are harmonized together"
+    )
+
+
+def loss_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool = False) -> Tensor:
+    """Per-loss gradients as one flat ``(m, P)`` buffer (rows follow ``losses``, columns ``params``).
+
+    Uses ``torch.autograd.grad`` (which never triggers DDP's reducer and never touches ``.grad``);
+    parameters a loss does not reach get zeros, so every row has the same layout.
+    """
+    numel = sum(p.numel() for p in params)
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        raise TypeError(f"all optimized parameters must share one dtype, got {sorted(map(str, dtypes))}")
+    flat = torch.empty(len(losses), numel, dtype=params[0].dtype, device=params[0].device)
+    for i, loss in enumerate(losses):
+        if not loss.requires_grad:  # e.g. a loss that is identically constant for this batch
+            flat[i].zero_()
+            continue
+        keep = retain_graph or i < len(losses) - 1
+        grads = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True, materialize_grads=True)
+        torch.cat([g.reshape(-1) for g in grads], out=flat[i])
+        del grads
+    return flat
+
+
+def harmonized_backward(
+    losses: Sequence[Tensor],
+    params: Iterable[Tensor],
+    harmonizer: Harmonizer,
+    *,
+    coefs: Sequence[float] | Tensor | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
+    gram_params: Iterable[Tensor] | None = None,
+    weighted: bool = False,
+    tau_scope: str = "all",
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    retain_graph: bool = False,
+) -> GradStats:
+    """Write the harmonized gradient of ``losses`` into ``p.grad`` (accumulating like ``backward``).
+
+    Args:
+        losses: scalar losses L_1..L_m, each reachable from (some of) ``params``.
+        params: the parameters the optimizer will step; their ``.grad`` receives the update.
+        harmonizer: maps the Gram matrix to weights tau.
+        coefs: trade-off coefficients (default 1). The update is Σ_i coef_i tau_i g_i.
+        groups: which losses are harmonized together, as index tuples whose first index is loss "1"
+            (GH++ favours it). Losses outside every group keep tau = 1. Default: all losses, one group.
+        gram_params: the Gram scope (default: all ``params``). It may contain parameters outside
+            ``params``: their gradients enter the Gram matrix but no ``.grad`` is written for them.
+        weighted: if True the harmonizer sees the Gram matrix of the *weighted* gradients coef_i g_i
+            (the trade-off is applied before harmonization, which keeps GH's non-conflict guarantee);
+            if False (official CDAN/GVB/DWL) it sees the raw gradients and coef_i multiplies afterwards.
+        tau_scope: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram"``
+            (tau only on the Gram scope; parameters outside it, e.g. a discriminator, get Σ coef_i g_i).
+        reduce: optional in-place reduction of the flat ``(m, P)`` gradient buffer before the Gram
+            matrix is formed (e.g. an all-reduce mean under DDP, so every rank computes the same tau).
+        retain_graph: keep the graph after the last gradient (default False).
+
+    Returns:
+        :class:`GradStats` with the Gram matrix, tau and coefficients (all detached, no host sync).
+    """
+    params = _as_param_list(params)
+    if not params:
+        raise ValueError("harmonized_backward needs at least one parameter that requires grad")
+    m = len(losses)
+    if m == 0:
+        raise ValueError("harmonized_backward needs at least one loss")
+    if tau_scope not in ("all", "gram"):
+        raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
+    device, dtype = params[0].device, params[0].dtype
+
+    # Column layout of the flat gradient buffer, chosen so every piece is one contiguous block:
+    #   [Gram scope ∩ params | Gram scope only (probed, not updated) | params outside the scope]
+    # The Gram scope may include parameters that this step does not update (MCD step B takes the Gram
+    # over the generator while only the classifiers step).
+    scope = params if gram_params is None else _as_param_list(gram_params)
+    scope_ids, param_ids = {id(p) for p in scope}, {id(p) for p in params}
+    updated_scope = [p for p in scope if id(p) in param_ids]
+    probe_only = [p for p in scope if id(p) not in param_ids]
+    outside = [p for p in params if id(p) not in scope_ids]
+    n_updated_scope = sum(p.numel() for p in updated_scope)
+    n_scope = n_updated_scope + sum(p.numel() for p in probe_only)
+
+    flat = loss_gradients(losses, updated_scope + probe_only + outside, retain_graph=retain_graph)
+    if reduce is not None:
+        flat = reduce(flat)
+    gram = flat[:, :n_scope] @ flat[:, :n_scope].T
+
+    coef_t = torch.as_tensor(1.0 if coefs is None else coefs, dtype=dtype, device=device)
+    coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t.to(dtype)
+    if coef_t.shape != (m,):
+        raise ValueError(f"expected {m} coefficients, got {tuple(coef_t.shape)}")
+    group_idx = default_groups(m, harmonizer) if groups is None else tuple(tuple(g) for g in groups)
+
+    tau = torch.ones(m, dtype=dtype, device=device)
+    seen: set[int] = set()
+    for group in group_idx:
+        if seen & set(group):
+            raise ValueError(f"a loss appears in more than one harmonized group: {group_idx}")
+        seen |= set(group)
+        idx = torch.tensor(group, device=device)
+        sub = gram.index_select(0, idx).index_select(1, idx)
+        if weighted:
+            c = coef_t.index_select(0, idx)
+            sub = sub * torch.outer(c, c)
+        tau[idx] = harmonizer.weights(sub)
+
+    # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
+    w_all = coef_t * tau
+    n_outside = flat.shape[1] - n_scope
+    update = torch.empty(n_updated_scope + n_outside, dtype=dtype, device=device)
+    if n_updated_scope:
+        torch.mv(flat[:, :n_updated_scope].T, w_all, out=update[:n_updated_scope])
+    if n_outside:
+        w_rest = w_all if tau_scope == "all" else coef_t
+        torch.mv(flat[:, n_scope:].T, w_rest, out=update[n_updated_scope:])
+    del flat
+
+    offset = 0
+    for p in updated_scope + outside:
+        n = p.numel()
+        g = update[offset : offset + n].view_as(p)
+        offset += n
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)
+    return GradStats(gram=gram.detach(), tau=tau.detach(), coefs=coef_t, groups=group_idx)
+
+
+def three_pass_backward(
+    losses: Sequence[Tensor],
+    params: Iterable[Tensor],
+    harmonizer: Harmonizer,
+    *,
+    coefs: Sequence[float] | None = None,
+    gram_params: Iterable[Tensor] | None = None,
+) -> Tensor:
+    """The official GH procedure, kept as a reference for tests and benchmarks.
+
+    backward(L_i) for each loss and read ``.grad`` over the Gram scope (zero-filled), compute tau, then
+    backward(Σ_i coef_i tau_i L_i) over the retained graph: m + 1 backward passes. Leaves the result in
+    ``p.grad`` (which it overwrites) and returns tau.
+    """
+    params = _as_param_list(params)
+    scope = params if gram_params is None else _as_param_list(gram_params)
+    touched = _as_param_list([*params, *scope])
+    coefs = [1.0] * len(losses) if coefs is None else list(coefs)
+    rows = []
+    for loss in losses:
+        for p in touched:
+            p.grad = None
+        loss.backward(retain_graph=True)
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in scope]))
+    flat = torch.stack(rows)
+    tau = harmonizer.weights(flat @ flat.T)
+    for p in touched:
+        p.grad = None
+    total = sum(c * t * loss for c, t, loss in zip(coefs, tau, losses, strict=True))
+    total.backward()
+    return tau

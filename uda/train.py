@@ -1,0 +1,125 @@
+"""One training job: validate the config, build everything by ``_target_``, fit, summarize, close W&B."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from uda.config import validate
+from uda.errors import ConfigError, UserError
+from uda.loggers import build_loggers, finish_wandb
+from uda.module import EngineOptions, UDAModule
+from uda.summary import format_summary, write_summary
+
+log = logging.getLogger(__name__)
+
+
+def quiet_lightning() -> None:
+    """Send Lightning's messages through the root logger only (Hydra's console + run.log), once each,
+    and drop its start-up chatter (accelerator probes, advertising tips); warnings still show."""
+    import warnings
+
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _build(node: Any, what: str, **kwargs: Any) -> Any:
+    """``instantiate`` whose failures become one-sentence config errors naming the config group."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, UserError):
+            raise cause from None
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"could not build the {what} from the config: {message}") from err
+    except UserError:
+        raise
+
+
+def _choices() -> dict[str, str]:
+    if HydraConfig.initialized():
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    return {}
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate once; return the summary (also written to ``<output_dir>/summary.json``)."""
+    validate(cfg)
+    quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = _build(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every)
+    backbone = _build(cfg.backbone, "backbone")
+    baseline = _build(cfg.baseline, "baseline", backbone=backbone, num_classes=datamodule.num_classes)
+    harmonizer = _build(cfg.harmonizer, "harmonizer")
+    engine = EngineOptions(**OmegaConf.to_container(cfg.engine, resolve=True))
+    module = UDAModule(
+        baseline,
+        harmonizer,
+        optimizer=_build(cfg.optimizer, "optimizer"),
+        scheduler=_build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+        lr_mult=OmegaConf.to_container(cfg.lr_mult, resolve=True) if cfg.get("lr_mult") else None,
+        engine=engine,
+    )
+    callbacks = [_build(node, "callbacks") for node in (cfg.get("callbacks") or {}).values() if node]
+    trainer = _build(
+        cfg.trainer,
+        "trainer",
+        logger=build_loggers(cfg) or False,
+        callbacks=callbacks,
+        max_epochs=cfg.iterations // cfg.eval_every,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    choices = _choices()
+    summary = {
+        "dataset": choices.get("dataset", datamodule.name),
+        "task": datamodule.task,
+        "source": datamodule.source,
+        "target": datamodule.target,
+        "baseline": baseline.name,
+        "harmonizer": repr(harmonizer) + ("" if module.harmonizes else " (no-op: the baseline has one loss)"),
+        "seed": int(cfg.seed),
+        **module.results(),
+        "model_selection": {"last": "target_acc_last", "best_target (oracle)": "target_acc_best"},
+        "output_dir": str(_output_dir(cfg)),
+    }
+    if trainer.is_global_zero:
+        write_summary(summary, _output_dir(cfg))
+        for lg in trainer.loggers:
+            if lg.__class__.__name__ == "WandbLogger":
+                lg.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+    return summary
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point used by ``run.py``: user errors end in one sentence and a non-zero exit."""
+    exit_code = 1
+    try:
+        summary = run(cfg)
+        exit_code = 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        finish_wandb(exit_code)
+    print(format_summary(summary), flush=True)
+    value = summary.get(cfg.get("optimized_metric", "target_acc_last"))
+    return None if value is None else float(value)
