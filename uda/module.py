@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
@@ -17,8 +18,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from uda.baselines.base import GRAM_SCOPES, Baseline, Stage, UDABatch
 from uda.data.datamodule import EVAL_SETS
 from uda.errors import ConfigError, DivergenceError
-from uda.harmonizers import GradStats, Harmonizer, NoHarmonizer, harmonized_backward
+from uda.harmonizers import GradStats, Harmonizer, NoHarmonizer, feature_space_backward, harmonized_backward
 from uda.optim import base_lr, param_groups
+
+GRAD_SPACES = ("params", "features")
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,17 @@ class EngineOptions:
 
     Attributes:
         scope: parameters forming the Gram matrix: ``official`` (the official GH code's choice for the
-            baseline), ``backbone``, or ``shared`` (the feature extractor all losses share).
+            baseline and stage), ``backbone``, or ``shared`` (the feature extractor all losses share).
         tau_scope: ``all`` (official: tau multiplies every parameter's gradient) or ``gram`` (only the
-            Gram scope; heads outside it, e.g. the discriminator, keep their plain gradients).
-        weighted: apply the trade-off before harmonization (True) or after (False); ``None`` keeps the
-            official placement declared by the baseline's stage.
+            Gram scope; heads outside it, e.g. the discriminator, keep their plain gradients); ``None``
+            keeps the default declared by the baseline's stage.
+        weighted: apply the trade-off before harmonization (True, keeps GH's non-conflict guarantee) or
+            after (False); ``None`` keeps the official placement declared by the baseline's stage.
+        upweight: name of the loss that plays "1" in every harmonized group (GH++ favours loss 1;
+            ProGrad projects loss 1); ``None`` keeps the official order of the baseline.
+        grad_space: ``params`` (the paper: gradients over parameters) or ``features`` (gradients w.r.t.
+            the shared batch features: a cheap approximation, one ordinary backward per step).
+        batched_grads: take the per-loss parameter gradients in one vmapped backward pass.
         monitor_every: with ``harmonizer=none`` the per-loss gradients are only needed for diagnostics,
             so they are measured every ``monitor_every`` iterations (0 = never) and the other steps take
             a single plain backward pass. Harmonized steps always measure (the Gram matrix is needed).
@@ -39,18 +48,37 @@ class EngineOptions:
     """
 
     scope: str = "official"
-    tau_scope: str = "all"
+    tau_scope: str | None = None
     weighted: bool | None = None
+    upweight: str | None = None
+    grad_space: str = "params"
+    batched_grads: bool = False
     monitor_every: int = 10
     clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in GRAM_SCOPES:
             raise ConfigError(f"engine.scope={self.scope!r} is unknown; choose one of: {', '.join(GRAM_SCOPES)}")
-        if self.tau_scope not in ("all", "gram"):
-            raise ConfigError(f"engine.tau_scope={self.tau_scope!r} is unknown; choose one of: all, gram")
+        if self.tau_scope not in (None, "all", "gram"):
+            raise ConfigError(f"engine.tau_scope={self.tau_scope!r} is unknown; choose one of: all, gram, null")
+        if self.grad_space not in GRAD_SPACES:
+            raise ConfigError(
+                f"engine.grad_space={self.grad_space!r} is unknown; choose one of: {', '.join(GRAD_SPACES)}"
+            )
         if self.monitor_every < 0:
             raise ConfigError(f"engine.monitor_every must be >= 0 (got {self.monitor_every})")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"engine.clip_grad_norm must be positive or null (got {self.clip_grad_norm})")
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Gradient geometry of one harmonized group at one step, as kept for callbacks."""
+
+    stage: str
+    group: int
+    names: tuple[str, ...]
+    stats: GradStats
 
 
 class UDAModule(L.LightningModule):
@@ -60,8 +88,10 @@ class UDAModule(L.LightningModule):
     gradient engine writes Σ coef_i tau_i g_i into ``.grad`` (or a plain backward when nothing is
     harmonized), and the stage's optimizer steps. The module counts iterations itself (Lightning's
     ``global_step`` counts optimizer steps, several per iteration for multi-stage baselines) and steps
-    the learning-rate schedules once per iteration. Evaluation tracks the last and the best (oracle)
-    target accuracy.
+    the learning-rate schedules once per iteration. Under DDP the per-loss gradients are averaged over
+    ranks (one fused all-reduce) before the Gram matrix, so every rank computes the same tau: the tau
+    of a single process on the global batch. Evaluation tracks the last and the best (oracle) target
+    accuracy. ``step_stats`` holds the gradient geometry of the latest iteration for callbacks.
     """
 
     def __init__(
@@ -82,6 +112,7 @@ class UDAModule(L.LightningModule):
         self.lr_mult = dict(lr_mult or {})
         self.engine = engine or EngineOptions()
         self._check_lr_mult()
+        self._groups = {stage.name: self._ordered_groups(stage) for stage in baseline.stages}
 
         self.iteration = 0
         metrics = {}
@@ -90,20 +121,21 @@ class UDAModule(L.LightningModule):
             metrics[f"{name}_acc_mean_class"] = MulticlassAccuracy(baseline.num_classes, average="macro")
         self.eval_metrics = nn.ModuleDict(metrics)
         self.history: list[dict[str, float]] = []
-        # [monitored steps, conflicting before, conflicting after] over the first harmonized group
-        self.register_buffer("conflict_counts", torch.zeros(3, dtype=torch.float64), persistent=False)
+        # over the first harmonized group: [measured steps, conflicting before, update opposing a loss
+        # after, harmonized pair still obtuse after]
+        self.register_buffer("conflict_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
+        self.step_stats: list[StepStats] = []
         self.train_seconds = 0.0
         self._train_iters_timed = 0
         self._t0: float | None = None
-        # (stage name, group index) of every harmonized group; the first one feeds the summary's rates
         self._harmonized = [(s.name, k) for s in baseline.stages for k in range(len(s.harmonize))]
 
+    # ------------------------------------------------------------------ setup
     @property
     def harmonizes(self) -> bool:
         """Whether any stage of the baseline has losses to harmonize."""
         return bool(self._harmonized)
 
-    # ------------------------------------------------------------------ setup
     def _check_lr_mult(self) -> None:
         names = {g for groups in self.baseline.optimizer_groups().values() for g in groups}
         unknown = sorted(set(self.lr_mult) - names)
@@ -112,6 +144,19 @@ class UDAModule(L.LightningModule):
                 f"lr_mult names unknown parameter groups {unknown}; {self.baseline.name} has: "
                 f"{', '.join(sorted(names))}"
             )
+
+    def _ordered_groups(self, stage: Stage) -> tuple[tuple[str, ...], ...]:
+        """The stage's harmonized groups, with ``engine.upweight`` moved to the front where present."""
+        target = self.engine.upweight
+        if target is None:
+            return stage.harmonize
+        all_names = {n for s in self.baseline.stages for g in s.harmonize for n in g}
+        if target not in all_names:
+            raise ConfigError(
+                f"engine.upweight={target!r} is not a harmonized loss of {self.baseline.name}; "
+                f"choose one of: {', '.join(sorted(all_names))}"
+            )
+        return tuple((target, *[n for n in g if n != target]) if target in g else g for g in stage.harmonize)
 
     def configure_optimizers(self) -> Any:
         lr = base_lr(self.optimizer_factory)
@@ -127,10 +172,23 @@ class UDAModule(L.LightningModule):
                 schedulers.append(self.scheduler_factory(opt))
         return optimizers, schedulers
 
-    # --------------------------------------------------------------- training
-    def _gram_params(self) -> list[nn.Parameter]:
-        return self.baseline.scope_parameters(self.engine.scope)
+    # ------------------------------------------------------------ distributed
+    @property
+    def _world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+    def _all_reduce_mean(self, flat: Tensor) -> Tensor:
+        """Average the (m, P) per-loss gradients over ranks in one fused call (gloo has no AVG op)."""
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return flat.div_(self._world_size)
+
+    def _all_reduce_feature_gram(self, gram: Tensor) -> Tensor:
+        """Feature-space Gram of the global batch: ranks hold disjoint samples, so local Grams add up;
+        the losses are per-rank means, hence the 1/world² of the global mean."""
+        dist.all_reduce(gram, op=dist.ReduceOp.SUM)
+        return gram.div_(self._world_size**2)
+
+    # --------------------------------------------------------------- training
     def _should_measure(self, stage: Stage) -> bool:
         if not stage.harmonize:
             return False
@@ -151,34 +209,60 @@ class UDAModule(L.LightningModule):
             "trade-off, or check the input data — no results were written for this run"
         )
 
-    def _run_stage(self, stage: Stage, batch: UDABatch, opt: Any) -> tuple[dict[str, Tensor], dict, GradStats | None]:
-        out = self.baseline.compute_losses(stage.name, batch, self.iteration)
+    def _backward(self, stage: Stage, losses: dict[str, Tensor], features: Tensor | None) -> list[StepStats]:
+        """Fill ``.grad`` for one stage; returns the gradient geometry when it was measured."""
         names = list(stage.coefs)
-        missing = [n for n in names if n not in out.losses]
-        if missing:
-            raise RuntimeError(f"{self.baseline.name} stage {stage.name!r} did not return losses {missing}")
-        self._check_finite(stage, {n: out.losses[n] for n in names})
-        opt.zero_grad(set_to_none=True)
         coefs = [float(stage.coefs[n]) for n in names]
-        stats = None
-        if self._should_measure(stage):
-            weighted = stage.weighted if self.engine.weighted is None else self.engine.weighted
+        if not self._should_measure(stage):
+            self.manual_backward(sum(c * losses[n] for c, n in zip(coefs, names, strict=True)))
+            return []
+        groups = [[names.index(n) for n in group] for group in self._groups[stage.name]]
+        weighted = stage.weighted if self.engine.weighted is None else self.engine.weighted
+        distributed = self._world_size > 1
+        if self.engine.grad_space == "features":
+            if features is None:
+                raise ConfigError(
+                    f"{self.baseline.name} stage {stage.name!r} exposes no shared features; "
+                    "use engine.grad_space=params"
+                )
+            stats = feature_space_backward(
+                [losses[n] for n in names],
+                features,
+                self.harmonizer,
+                coefs=coefs,
+                groups=groups,
+                weighted=weighted,
+                tau_scope=self.engine.tau_scope or stage.tau_scope,
+                reduce_gram=self._all_reduce_feature_gram if distributed else None,
+                backward=self.manual_backward,
+            )
+        else:
             stats = harmonized_backward(
-                [out.losses[n] for n in names],
+                [losses[n] for n in names],
                 self._opt_params[stage.optimizer],
                 self.harmonizer,
                 coefs=coefs,
-                groups=[[names.index(n) for n in group] for group in stage.harmonize],
-                gram_params=self._gram_params(),
+                groups=groups,
+                gram_params=self.baseline.scope_parameters(self.engine.scope, stage.name),
                 weighted=weighted,
-                tau_scope=self.engine.tau_scope,
+                tau_scope=self.engine.tau_scope or stage.tau_scope,
+                reduce=self._all_reduce_mean if distributed else None,
+                batched=self.engine.batched_grads,
             )
-        else:
-            self.manual_backward(sum(c * out.losses[n] for c, n in zip(coefs, names, strict=True)))
+        return [StepStats(stage.name, k, tuple(names[i] for i in g), stats) for k, g in enumerate(stats.groups)]
+
+    def _run_stage(self, stage: Stage, batch: UDABatch, opt: Any) -> tuple[dict[str, Tensor], dict, list[StepStats]]:
+        out = self.baseline.compute_losses(stage.name, batch, self.iteration)
+        missing = [n for n in stage.coefs if n not in out.losses]
+        if missing:
+            raise RuntimeError(f"{self.baseline.name} stage {stage.name!r} did not return losses {missing}")
+        self._check_finite(stage, {n: out.losses[n] for n in stage.coefs})
+        opt.zero_grad(set_to_none=True)
+        step_stats = self._backward(stage, out.losses, out.features)
         if self.engine.clip_grad_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=self.engine.clip_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
-        return out.losses, out.metrics, stats
+        return out.losses, out.metrics, step_stats
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         x_s, y_s = batch["source"]
@@ -188,16 +272,15 @@ class UDAModule(L.LightningModule):
         by_name = dict(zip(self._opt_names, optimizers, strict=True))
         multi_stage = len(self.baseline.stages) > 1
         logs: dict[str, Tensor | float] = {}
-        grad_logs: dict[str, Tensor] = {}
+        self.step_stats = []
         for stage in self.baseline.stages:
             prefix = f"train/{stage.name}/" if multi_stage else "train/"
             for _ in range(stage.repeat):
-                losses, metrics, stats = self._run_stage(stage, uda_batch, by_name[stage.optimizer])
+                losses, metrics, step_stats = self._run_stage(stage, uda_batch, by_name[stage.optimizer])
                 logs.update({f"{prefix}{n}_loss": v.detach() for n, v in losses.items()})
                 logs.update({f"{prefix}{n}": v for n, v in metrics.items()})
-                if stats is not None:
-                    grad_logs.update(self._harmonizer_logs(stage, stats))
-        step = self.iteration
+                self.step_stats.extend(step_stats)
+        self._count_conflicts()
         self.iteration += 1
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
@@ -205,47 +288,17 @@ class UDAModule(L.LightningModule):
         logs["train/lr"] = optimizers[0].param_groups[-1]["lr"]
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x_s.shape[0])
         self.log("train/iteration", float(self.iteration), on_step=True, on_epoch=False, batch_size=x_s.shape[0])
-        self._log_to_loggers(grad_logs, step)
 
-    def _log_to_loggers(self, metrics: Mapping[str, Tensor], step: int) -> None:
-        """Log straight to the loggers, for values measured on some steps only.
-
-        ``self.log`` keeps re-sending a step metric's last value at every later step of the epoch, which
-        would make intermittent measurements (``harmonizer=none`` with ``monitor_every``) look continuous.
-        One host transfer for the whole dict.
-        """
-        if not metrics or not self.loggers:
-            return
-        values = torch.stack([v.detach().to(torch.float32) for v in metrics.values()]).tolist()
-        row = dict(zip(metrics, values, strict=True))
-        for logger in self.loggers:
-            logger.log_metrics(row, step=step)
-
-    def _harmonizer_logs(self, stage: Stage, stats: GradStats) -> dict[str, Tensor]:
-        logs = {}
-        for k, group in enumerate(stats.groups):
-            key = "harmonizer/"
-            if len(self._harmonized) > 1:
-                key += f"{stage.name}{k if len(stage.harmonize) > 1 else ''}/"
-            i, j = group[0], group[1]
-            conflict, conflict_after = stats.conflict(i, j), stats.conflict_after()
-            logs.update(
-                {
-                    f"{key}tau1": stats.tau[i],
-                    f"{key}tau2": stats.tau[j],
-                    f"{key}cos": stats.cos(i, j),
-                    f"{key}conflict": conflict,
-                    f"{key}conflict_after": conflict_after,
-                    f"{key}g1_norm": stats.norms[i],
-                    f"{key}g2_norm": stats.norms[j],
-                    f"{key}update_norm": stats.update_norm,
-                }
-            )
-            if (stage.name, k) == self._harmonized[0]:
-                self.conflict_counts += torch.stack([torch.ones_like(conflict), conflict, conflict_after]).to(
-                    self.conflict_counts
+    def _count_conflicts(self) -> None:
+        """Accumulate the summary's conflict rates over the first harmonized group (no host sync)."""
+        for item in self.step_stats:
+            if (item.stage, item.group) == self._harmonized[0]:
+                i, j = item.stats.groups[item.group][:2]
+                s = item.stats
+                flags = torch.stack(
+                    [torch.ones_like(s.gram[0, 0]), s.conflict(i, j), s.conflict_after(), s.pair_conflict_after(i, j)]
                 )
-        return logs
+                self.conflict_counts += flags.to(self.conflict_counts)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._t0 = time.perf_counter()
@@ -255,6 +308,27 @@ class UDAModule(L.LightningModule):
             self.train_seconds += time.perf_counter() - self._t0
             self._train_iters_timed += 1
             self._t0 = None
+
+    def log_to_loggers(self, metrics: Mapping[str, Tensor | float], step: int) -> None:
+        """Log straight to the loggers, for values measured on some steps only.
+
+        ``self.log`` keeps re-sending a step metric's last value at every later step of the epoch, which
+        would make intermittent measurements (``harmonizer=none`` with ``monitor_every``) look continuous.
+        One host transfer for the whole dict.
+        """
+        if not metrics or not self.loggers:
+            return
+        values = torch.stack(
+            [
+                torch.as_tensor(v).detach().to("cpu", torch.float32)
+                if not isinstance(v, Tensor)
+                else v.detach().to(torch.float32)
+                for v in metrics.values()
+            ]
+        ).tolist()
+        row = dict(zip(metrics, values, strict=True))
+        for logger in self.loggers:
+            logger.log_metrics(row, step=step)
 
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -316,10 +390,12 @@ class UDAModule(L.LightningModule):
                     "target_acc_best_iteration": best["iteration"],
                 }
             )
-        n, before, after = self.conflict_counts.tolist()
+        n, before, after, pair_after = self.conflict_counts.tolist()
         out["monitored_steps"] = int(n)
         out["conflict_rate"] = before / n if n else None
         out["conflict_rate_after"] = after / n if n else None
-        out["sec_per_iter"] = self.train_seconds / self._train_iters_timed if self._train_iters_timed else None
+        out["pair_conflict_rate_after"] = pair_after / n if n else None
+        timed = self._train_iters_timed
+        out["sec_per_iter"] = self.train_seconds / timed if timed else None
         out["engine"] = asdict(self.engine)
         return out

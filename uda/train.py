@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = _build(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every)
+    datamodule = _build(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every, seed=cfg.seed)
     backbone = _build(cfg.backbone, "backbone")
     baseline = _build(cfg.baseline, "baseline", backbone=backbone, num_classes=datamodule.num_classes)
     harmonizer = _build(cfg.harmonizer, "harmonizer")
@@ -109,14 +109,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def main(cfg: DictConfig) -> float | None:
-    """Entry point used by ``run.py``: user errors end in one sentence and a non-zero exit."""
+    """Entry point used by ``run.py``: user errors end in one sentence and a non-zero exit.
+
+    In a sweep (``-m``) a failing job writes ``error.txt`` in its directory and the sweep goes on.
+    """
     exit_code = 1
     try:
         summary = run(cfg)
         exit_code = 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        if _in_multirun():
+            (_output_dir(cfg) / "error.txt").write_text(f"{err}\n")
+            return None
         raise SystemExit(2) from None
     finally:
         finish_wandb(exit_code)

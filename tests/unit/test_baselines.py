@@ -151,3 +151,9 @@ def test_source_only_has_one_loss_and_ignores_target() -> None:
 def test_backbone_must_expose_feature_dimension() -> None:
     with pytest.raises(TypeError, match="out_features"):
         SourceOnly(nn.Identity(), num_classes=2)
+
+
+@pytest.mark.parametrize("cls", [CDAN, DANN])
+def test_adversarial_baselines_keep_tau_off_the_discriminator_by_default(cls) -> None:
+    stage = cls(LeNet(), num_classes=10, discriminator_hidden=8).stages[0]
+    assert stage.tau_scope == "gram" and not stage.weighted

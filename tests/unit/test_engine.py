@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from uda.baselines import CDAN, UDABatch
-from uda.harmonizers import GH, GHPP, NoHarmonizer, harmonized_backward, loss_gradients, three_pass_backward
+from uda.harmonizers import (
+    GH,
+    GHPP,
+    NoHarmonizer,
+    feature_space_backward,
+    harmonized_backward,
+    loss_gradients,
+    three_pass_backward,
+)
 from uda.models import LeNet
 
 
@@ -176,3 +184,44 @@ def test_groups_harmonize_only_the_listed_losses() -> None:
     torch.testing.assert_close(stats.tau[:2], expected)
     with pytest.raises(ValueError, match="pass `groups`"):
         harmonized_backward([w @ gi for gi in g], [w], GH())
+
+
+def feature_losses(model: CDAN, batch: UDABatch):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = model.compute_losses("main", batch, iteration=300)
+    return [out.losses["align"], out.losses["cls"]], out.features
+
+
+def test_feature_space_weights_whole_losses_or_only_the_extractor(cdan) -> None:
+    model, batch = cdan
+    (losses, z) = feature_losses(model, batch)
+    stats_all = feature_space_backward(losses, z, GH(), coefs=[0.5, 1.0], tau_scope="all")
+    all_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    clear(model)
+    (losses, z) = feature_losses(model, batch)
+    stats_gram = feature_space_backward(losses, z, GH(), coefs=[0.5, 1.0], tau_scope="gram")
+    gram_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    clear(model)
+    (losses, z) = feature_losses(model, batch)
+    harmonized_backward(losses, model.parameters(), NoHarmonizer(), coefs=[0.5, 1.0])
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    torch.testing.assert_close(stats_all.tau, stats_gram.tau)
+    tau1 = stats_all.tau[0]
+    assert stats_all.space == "features" and tau1 > 1  # the feature gradients conflict here
+    for name in all_grads:
+        if name.startswith("backbone"):  # below z: reweighted in both modes, identically
+            torch.testing.assert_close(gram_grads[name], all_grads[name], rtol=1e-5, atol=1e-7)
+        if name.startswith("discriminator"):  # above z, reached by loss 1 only
+            torch.testing.assert_close(all_grads[name], tau1 * plain[name], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(gram_grads[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_feature_space_gram_is_over_feature_gradients(cdan) -> None:
+    model, batch = cdan
+    losses, z = feature_losses(model, batch)
+    gz = [torch.autograd.grad(loss, z, retain_graph=True)[0].flatten() for loss in losses]
+    stats = feature_space_backward(losses, z, NoHarmonizer())
+    expected = torch.stack(gz) @ torch.stack(gz).T
+    torch.testing.assert_close(stats.gram, expected)

@@ -37,6 +37,8 @@ class Stage:
         harmonize: groups of loss names harmonized together, official order first (loss "1" first).
         weighted: official placement of the trade-off: True = coefficients multiply the losses before
             harmonization (MCD, SSRT), False = after (CDAN, GVB, DWL). ``engine.weighted`` overrides it.
+        tau_scope: which gradients tau multiplies by default: ``all`` (official) or ``gram`` (only the
+            Gram scope; parameters outside it keep Σ coef_i g_i). ``engine.tau_scope`` overrides it.
         optimizer: name of the optimizer this stage steps (see :meth:`Baseline.optimizer_groups`).
         repeat: how many times the stage runs per iteration (e.g. MCD's num_k generator steps).
     """
@@ -45,6 +47,7 @@ class Stage:
     coefs: Mapping[str, float]
     harmonize: tuple[tuple[str, ...], ...] = ()
     weighted: bool = False
+    tau_scope: str = "all"
     optimizer: str = "main"
     repeat: int = 1
 
@@ -57,10 +60,18 @@ class Stage:
 
 @dataclass
 class StageOutput:
-    """Losses computed by one stage (keys match ``Stage.coefs``) and extra metrics to log."""
+    """What one stage computed.
+
+    Attributes:
+        losses: named losses (keys match ``Stage.coefs``).
+        metrics: extra values to log (``train/<name>``).
+        features: the batch features shared by the stage's losses (the output of the feature extractor),
+            used by ``engine.grad_space=features``; ``None`` when the stage has no single shared tensor.
+    """
 
     losses: dict[str, Tensor]
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    features: Tensor | None = None
 
 
 class Baseline(nn.Module, ABC):
@@ -103,10 +114,14 @@ class Baseline(nn.Module, ABC):
         heads = [p for p in self.parameters() if id(p) not in ids]
         return {"main": {"backbone": backbone, "heads": heads}}
 
-    def scope_parameters(self, scope: str) -> list[nn.Parameter]:
-        """Parameters forming the Gram matrix for ``scope`` ∈ :data:`GRAM_SCOPES`."""
+    def official_scope_for(self, stage: str | None) -> tuple[str, ...]:
+        """Module names of the official GH Gram scope for ``stage`` (override when stages differ)."""
+        return self.official_scope
+
+    def scope_parameters(self, scope: str, stage: str | None = None) -> list[nn.Parameter]:
+        """Parameters forming the Gram matrix for ``scope`` ∈ :data:`GRAM_SCOPES` (and ``stage``)."""
         if scope == "official":
-            names = self.official_scope
+            names = self.official_scope_for(stage)
         elif scope == "shared":
             names = self.shared_scope
         elif scope == "backbone":

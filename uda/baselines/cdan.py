@@ -67,6 +67,13 @@ class CDAN(Baseline):
     (source CE); update = trade_off·align + cls. Official GH defaults: Gram over backbone + bottleneck +
     classifier (discriminator excluded), trade-off applied after harmonization.
     ``randomized=True`` uses the randomized multilinear map (official GH-CDAN default on Office).
+
+    One deviation from the official code, on purpose: tau does not multiply the discriminator's
+    gradient by default (stage ``tau_scope="gram"``). GH's tau1 = 1 − c/‖g1‖² grows like 1/λ(i) while
+    the GRL coefficient λ(i) is still small (tau1 reached ~500 in the first iterations on the offline
+    digits), and the discriminator's own gradient is not scaled by λ, so the official ``tau_scope=all``
+    inflates it by that factor: CDAN+E + GH diverged (NaN at iteration 21, lr 0.01, seed 0).
+    ``engine.tau_scope=all`` restores the official behaviour.
     """
 
     name = "cdan"
@@ -84,6 +91,7 @@ class CDAN(Baseline):
         bottleneck_dim: int | None = None,
         bottleneck_kind: str = "linear",
         discriminator_hidden: int = 1024,
+        discriminator_dropout: float = 0.5,
         grl: WarmStartSchedule | None = None,
     ) -> None:
         super().__init__(backbone, num_classes)
@@ -93,12 +101,16 @@ class CDAN(Baseline):
         self.classifier = nn.Linear(dim, num_classes)
         self.random_map = RandomizedMultilinearMap(dim, num_classes, randomized_dim) if randomized else None
         self.discriminator = DomainDiscriminator(
-            randomized_dim if randomized else dim * num_classes, discriminator_hidden
+            randomized_dim if randomized else dim * num_classes, discriminator_hidden, discriminator_dropout
         )
         self.grl = grl or WarmStartSchedule()
         self.entropy = bool(entropy)
         self.trade_off = float(trade_off)
-        self._stages = (Stage("main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),)),)
+        # loss "1" = alignment (official order); tau leaves the discriminator alone (see class docs)
+        main = Stage(
+            "main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),), tau_scope="gram"
+        )
+        self._stages = (main,)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -122,4 +134,4 @@ class CDAN(Baseline):
             random_map=self.random_map,
         )
         cls = F.cross_entropy(logits[:ns], batch.y_source)
-        return StageOutput({"align": align, "cls": cls}, {"grl_coeff": coeff, "domain_acc": domain_acc})
+        return StageOutput({"align": align, "cls": cls}, {"grl_coeff": coeff, "domain_acc": domain_acc}, features)

@@ -27,7 +27,8 @@ class DANN(Baseline):
     Losses: ``align`` (domain BCE, loss "1") and ``cls`` (source CE); the update minimizes
     trade_off·align + cls, the GRL making the feature extractor maximize the domain loss.
     The official GH code has no DANN; we follow its CDAN convention (Gram over backbone + bottleneck +
-    classifier, trade-off applied after harmonization).
+    classifier, trade-off applied after harmonization) and, like our CDAN, leave the discriminator's
+    gradient unweighted by tau (stage ``tau_scope="gram"``, see :class:`~uda.baselines.CDAN`).
     """
 
     name = "dann"
@@ -42,6 +43,7 @@ class DANN(Baseline):
         bottleneck_dim: int | None = None,
         bottleneck_kind: str = "linear",
         discriminator_hidden: int = 1024,
+        discriminator_dropout: float = 0.5,
         grl: WarmStartSchedule | None = None,
     ) -> None:
         super().__init__(backbone, num_classes)
@@ -49,10 +51,14 @@ class DANN(Baseline):
         self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_kind) if bottleneck_dim else nn.Identity()
         dim = bottleneck_dim or feat
         self.classifier = nn.Linear(dim, num_classes)
-        self.discriminator = DomainDiscriminator(dim, discriminator_hidden)
+        self.discriminator = DomainDiscriminator(dim, discriminator_hidden, discriminator_dropout)
         self.grl = grl or WarmStartSchedule()
         self.trade_off = float(trade_off)
-        self._stages = (Stage("main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),)),)
+        # loss "1" = alignment (official order); tau leaves the discriminator alone (see class docs)
+        main = Stage(
+            "main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),), tau_scope="gram"
+        )
+        self._stages = (main,)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -72,4 +78,5 @@ class DANN(Baseline):
         return StageOutput(
             {"align": align, "cls": F.cross_entropy(logits, batch.y_source)},
             {"grl_coeff": coeff, "domain_acc": discriminator_accuracy(d_logits, labels)},
+            features,
         )

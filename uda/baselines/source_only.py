@@ -36,5 +36,6 @@ class SourceOnly(Baseline):
         return self.classifier(self.bottleneck(self.backbone(x)))
 
     def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        logits = self.predict(batch.x_source)
-        return StageOutput({"cls": F.cross_entropy(logits, batch.y_source)})
+        features = self.bottleneck(self.backbone(batch.x_source))
+        logits = self.classifier(features)
+        return StageOutput({"cls": F.cross_entropy(logits, batch.y_source)}, features=features)

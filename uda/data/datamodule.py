@@ -9,8 +9,9 @@ from typing import ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from uda.data.samplers import RandomStreamSampler, ShardSampler
 from uda.errors import ConfigError
 
 #: evaluation sets in the order of ``val_dataloader``; metric names are "<name>/acc"
@@ -44,8 +45,10 @@ class UDADataModule(L.LightningDataModule):
     Training batches are ``{"source": (x, y), "target": x}``. Each domain is drawn by its own sampler
     that walks through fresh random permutations of the domain (reshuffled at every pass), so source and
     target of different sizes pair up without either being truncated; one "epoch" is
-    ``iters_per_epoch`` iterations (the evaluation period). Subclasses set ``domains``, ``num_classes``
-    and implement :meth:`load_domain`.
+    ``iters_per_epoch`` iterations (the evaluation period). Under DDP every rank draws its own
+    ``batch_size`` per domain and iteration, disjoint from the other ranks, and evaluates a disjoint
+    shard of the test sets (set ``trainer.use_distributed_sampler=false``, as the default trainer does).
+    Subclasses set ``domains``, ``num_classes`` and implement :meth:`load_domain`.
     """
 
     name: ClassVar[str] = "uda"
@@ -62,6 +65,7 @@ class UDADataModule(L.LightningDataModule):
         num_workers: int = 0,
         iters_per_epoch: int | None = None,
         pin_memory: bool | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for role, domain in (("source", source), ("target", target)):
@@ -75,6 +79,7 @@ class UDADataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.iters_per_epoch = iters_per_epoch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = int(seed)
         self.source_data: DomainSplit | None = None
         self.target_data: DomainSplit | None = None
 
@@ -91,19 +96,24 @@ class UDADataModule(L.LightningDataModule):
             self.source_data = self.load_domain(self.source)
             self.target_data = self.load_domain(self.target)
 
-    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, *, train: bool, stream: int = 0) -> DataLoader:
+        rank, world = self._rank_world()
         kwargs = dict(
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
         if not train:
-            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
-        iters = self.iters_per_epoch or -(-max(len(self.source_data.train), len(self.target_data.train))
-                                          // self.batch_size)
-        # Without replacement and num_samples > len(dataset), RandomSampler concatenates fresh
-        # permutations: every sample is seen once per pass and the order changes at every pass.
-        sampler = RandomSampler(dataset, replacement=False, num_samples=iters * self.batch_size)
+            sampler = ShardSampler(len(dataset), rank, world)
+            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **kwargs)
+        iters = self.iters_per_epoch or -(
+            -max(len(self.source_data.train), len(self.target_data.train)) // self.batch_size
+        )
+        sampler = RandomStreamSampler(len(dataset), iters * self.batch_size, rank, world, seed=self.seed * 2 + stream)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **kwargs)
 
     def train_dataloader(self) -> CombinedLoader:
@@ -111,7 +121,7 @@ class UDADataModule(L.LightningDataModule):
         return CombinedLoader(
             {
                 "source": self._loader(self.source_data.train, train=True),
-                "target": self._loader(Unlabeled(self.target_data.train), train=True),
+                "target": self._loader(Unlabeled(self.target_data.train), train=True, stream=1),
             },
             mode="min_size",
         )

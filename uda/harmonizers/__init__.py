@@ -7,20 +7,47 @@ Example, in any training loop::
     optimizer.zero_grad()
     stats = harmonized_backward([align_loss, cls_loss], model.parameters(), GHPP(lam=0.5))
     optimizer.step()
+
+Every harmonizer is a map ``weights(gram) -> tau`` (and ``coefficients(gram) -> A`` for the harmonized
+gradients); see each class for the paper equation it implements.
 """
 
+from uda.harmonizers.aligned_mtl import AlignedMTL
 from uda.harmonizers.base import Harmonizer
-from uda.harmonizers.engine import GradStats, harmonized_backward, loss_gradients, three_pass_backward
+from uda.harmonizers.cagrad import CAGrad
+from uda.harmonizers.engine import (
+    GradStats,
+    feature_space_backward,
+    harmonized_backward,
+    loss_gradients,
+    three_pass_backward,
+)
 from uda.harmonizers.gh import GH
-from uda.harmonizers.ghpp import GHPP
+from uda.harmonizers.ghpp import GHPP, GHPPRotation
+from uda.harmonizers.gradvac import GradVac
+from uda.harmonizers.imtl_g import IMTLG
+from uda.harmonizers.mgda import MGDA
+from uda.harmonizers.nash_mtl import NashMTL
 from uda.harmonizers.none import NoHarmonizer
+from uda.harmonizers.pcgrad import PCGrad
+from uda.harmonizers.prograd import ProGrad
 
 __all__ = [
     "GH",
     "GHPP",
+    "IMTLG",
+    "MGDA",
+    "AlignedMTL",
+    "CAGrad",
+    "GHPPRotation",
     "GradStats",
+    "GradVac",
     "Harmonizer",
+    "feature_space_backward",
+    "NashMTL",
     "NoHarmonizer",
+    "PCGrad",
+    "ProGrad",
     "harmonized_backward",
     "loss_gradients",
     "three_pass_backward",

@@ -4,25 +4,30 @@ For losses L_1..L_m with gradients g_i = dL_i/dθ over a parameter scope, the Gr
 K_ij = g_i · g_j. A harmonizer returns weights tau (length m) so that the update direction is
 d = Σ_i tau_i g_i, i.e. the step minimizes Σ_i tau_i L_i with tau held constant (GH paper, Eq. 41/44).
 Because only K is needed, a harmonizer never sees the model: it is tested on hand-built matrices.
+
+Methods that modify each gradient separately (GH, PCGrad, GradVac, the GH++ rotation) also expose the
+*harmonized gradients* ĝ_i = Σ_j A_ij g_j through :meth:`Harmonizer.coefficients`; tau is then the
+column sum of A. For the others ĝ_i = tau_i g_i (A = diag(tau)). The diagnostics use A to measure the
+inner product of the harmonized pair (the paper's Fig. 12).
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 from torch import Tensor
 
 
-class Harmonizer(ABC):
-    """Base class: ``weights(gram) -> tau``; subclasses implement :meth:`_weights`.
+class Harmonizer:
+    """Base class. Subclasses implement exactly one of ``_weights(K) -> tau`` or ``_coefficients(K) -> A``.
 
-    The public :meth:`weights` validates the Gram matrix, computes in float64 where the device allows
-    (the angle of nearly antiparallel gradients needs it), replaces any non-finite result by the plain
-    sum (tau = 1, the safe choice when an AMP overflow made K non-finite) and returns a detached tensor
-    in the Gram matrix's dtype and device. No host synchronisation happens here.
+    The public methods validate the Gram matrix, compute in float64 where the device allows (the angle
+    of nearly antiparallel gradients needs it), and fall back to the plain sum (A = I, tau = 1) when
+    K or the result is non-finite (an AMP overflow) or when some gradient is exactly zero (nothing to
+    harmonize against; e.g. an adversarial loss whose GRL coefficient is still 0). They return detached
+    tensors in the Gram matrix's dtype and device, without host synchronisation for two losses.
     """
 
     #: short name used in logs and summaries
@@ -30,34 +35,52 @@ class Harmonizer(ABC):
     #: number of losses the method is defined for (None: any m >= 1)
     num_losses: int | None = None
 
+    # ------------------------------------------------------------------ public
     def weights(self, gram: Tensor) -> Tensor:
-        """Return the loss weights tau (shape ``(m,)``, detached) for the ``(m, m)`` Gram matrix."""
+        """Loss weights tau, shape ``(m,)``, detached: the update is d = Σ_i tau_i g_i."""
+        return self.coefficients(gram).sum(dim=0)
+
+    def coefficients(self, gram: Tensor) -> Tensor:
+        """Harmonized-gradient coefficients A, shape ``(m, m)``: ĝ_i = Σ_j A_ij g_j, tau = A.sum(0)."""
+        k = self._validated(gram)
+        eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+        finite = torch.isfinite(k).all()
+        # solvers never see a non-finite matrix (eigh and friends raise on NaN); the result is discarded
+        a = self._coefficients(torch.where(finite, k, eye))
+        usable = finite & torch.isfinite(a).all() & (torch.diagonal(k) > 0).all()
+        return torch.where(usable, a, eye).to(gram.dtype)
+
+    def __call__(self, gram: Tensor) -> Tensor:
+        return self.weights(gram)
+
+    # ------------------------------------------------------- subclass hooks
+    def _weights(self, gram: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _coefficients(self, gram: Tensor) -> Tensor:
+        """Default: the method rescales each gradient, ĝ_i = tau_i g_i."""
+        return torch.diag(self._weights(gram))
+
+    # Stateful harmonizers (GradVac's EMA target, random task orders) override these so their state
+    # is checkpointed with the model.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    # --------------------------------------------------------------- helpers
+    def _validated(self, gram: Tensor) -> Tensor:
         if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
             raise ValueError(f"{self.name}: the Gram matrix must be square, got shape {tuple(gram.shape)}")
         m = gram.shape[0]
         if self.num_losses is not None and m != self.num_losses:
             raise ValueError(f"{self.name} harmonizes exactly {self.num_losses} losses, got {m}")
-        gram = gram.detach()
+        if m == 0:
+            raise ValueError(f"{self.name}: empty Gram matrix")
         work_dtype = torch.float64 if gram.device.type != "mps" else torch.float32
-        k = gram.to(work_dtype)
-        tau = self._weights(k)
-        finite = torch.isfinite(k).all() & torch.isfinite(tau).all()
-        tau = torch.where(finite, tau, torch.ones_like(tau))
-        return tau.to(gram.dtype)
-
-    def __call__(self, gram: Tensor) -> Tensor:
-        return self.weights(gram)
-
-    @abstractmethod
-    def _weights(self, gram: Tensor) -> Tensor:
-        """Weights for a float Gram matrix (may contain non-finite entries; the caller guards)."""
-
-    # Stateful harmonizers (e.g. GradVac's EMA target) override these so their state is checkpointed.
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        pass
+        k = gram.detach().to(work_dtype)
+        return 0.5 * (k + k.T)  # exact symmetry; rounding in G Gᵀ can differ in the last bit
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self._params().items())
@@ -68,15 +91,15 @@ class Harmonizer(ABC):
 
 
 def pair_terms(gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a 2x2 Gram matrix into (‖g1‖², ‖g2‖², g1·g2); the off-diagonal is symmetrised."""
-    return gram[0, 0], gram[1, 1], 0.5 * (gram[0, 1] + gram[1, 0])
+    """Split a 2x2 Gram matrix into (‖g1‖², ‖g2‖², g1·g2)."""
+    return gram[0, 0], gram[1, 1], gram[0, 1]
 
 
 def pair_angle(n1_sq: Tensor, n2_sq: Tensor, c: Tensor) -> Tensor:
     """Angle θ ∈ [0, π] between g1 and g2 from Gram entries, via atan2 (never acos of a cosine > 1).
 
     sin θ · ‖g1‖‖g2‖ = sqrt(max(‖g1‖²‖g2‖² − c², 0)) and cos θ · ‖g1‖‖g2‖ = c. A zero gradient gives
-    atan2(0, 0) = 0, i.e. "no conflict", which is the convention every harmonizer needs.
+    atan2(0, 0) = 0, i.e. "no conflict".
     """
     sin_part = torch.sqrt(torch.clamp(n1_sq * n2_sq - c * c, min=0.0))
     return torch.atan2(sin_part, c)
@@ -86,6 +109,26 @@ def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """num / den with den clamped away from zero, so branch-free code never makes inf or NaN."""
     tiny = torch.finfo(den.dtype).tiny
     return num / torch.clamp(den, min=tiny)
+
+
+def projection_coefficients(gram: Tensor, order: list[list[int]] | None = None, strength: float = 1.0) -> Tensor:
+    """Sequential conflict projections (PCGrad) expressed on coefficients, from the Gram matrix alone.
+
+    Each harmonized gradient starts as g_i (row i of A = e_i); for j in ``order[i]`` (default: all
+    j ≠ i in index order), if ĝ_i · g_j < 0 it becomes ĝ_i − strength·(ĝ_i · g_j / ‖g_j‖²) g_j.
+    Since ĝ_i = Σ_k A_ik g_k, the dot product is (A K)_ij: no gradient vector is touched.
+    """
+    m = gram.shape[0]
+    a = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    rows = []
+    for i in range(m):
+        row = a[i]
+        for j in order[i] if order is not None else [j for j in range(m) if j != i]:
+            dot = row @ gram[:, j]
+            step = torch.where(dot < 0, strength * safe_div(dot, gram[j, j]), torch.zeros_like(dot))
+            row = row - step * a[j]
+        rows.append(row)
+    return torch.stack(rows)
 
 
 HALF_PI = math.pi / 2

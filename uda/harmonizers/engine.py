@@ -5,14 +5,16 @@ One call of :func:`harmonized_backward` replaces ``loss.backward()`` in a traini
 1. g_i = dL_i/dθ for every loss by ``torch.autograd.grad`` over the parameters being optimized,
    zero-filled where a loss does not reach a parameter (``materialize_grads``), copied into one
    flat ``(m, P)`` buffer (one buffer, so a distributed all-reduce is a single fused call);
-2. the Gram matrix K = G Gᵀ over the harmonized parameter scope (the first ``D`` columns);
+2. the Gram matrix K = G Gᵀ over the harmonized parameter scope (a contiguous block of columns);
 3. tau = harmonizer.weights(K) for each harmonized group of losses;
 4. ``p.grad = Σ_i coef_i · tau_i · g_i`` written directly (GH paper Eq. 41 with the baseline's
-   trade-off coefficients ``coef_i``) — no third backward pass over the graph.
+   trade-off coefficients ``coef_i``): no third backward pass over the graph.
 
 The official GH code instead runs backward(L1), backward(L2), then backward(Σ coef_i tau_i L_i): three
 passes with an identical result. :func:`three_pass_backward` keeps that procedure as the reference for
-tests and benchmarks.
+tests and benchmarks. :func:`feature_space_backward` is the cheap approximation (MGDA-UB style): the
+Gram matrix of the gradients with respect to the shared batch features, then one ordinary backward of
+the weighted loss.
 
 Plain PyTorch only: a researcher can call this from any training loop.
 """
@@ -42,12 +44,19 @@ class GradStats:
         tau: ``(m,)`` harmonizer weights (1 for losses outside every harmonized group).
         coefs: ``(m,)`` trade-off coefficients of the losses.
         groups: index tuples of the losses harmonized together (the first index is loss "1").
+        pair_coefs: ``(m, m)`` harmonized-gradient coefficients A (ĝ_i = Σ_j A_ij g'_j, with g' = g, or
+            coef·g when ``weighted``); identity outside the groups.
+        weighted: whether the harmonizer saw the coefficient-weighted gradients.
+        space: ``"params"`` or ``"features"`` (where the gradients were taken).
     """
 
     gram: Tensor
     tau: Tensor
     coefs: Tensor
     groups: tuple[tuple[int, ...], ...]
+    pair_coefs: Tensor
+    weighted: bool = False
+    space: str = "params"
 
     @property
     def norms(self) -> Tensor:
@@ -91,6 +100,18 @@ class GradStats:
         tol = CONFLICT_RTOL * self.update_norm * self.norms[idx]
         return (self.update_dots[idx] < -tol).any().to(self.gram.dtype)
 
+    @property
+    def pair_gram(self) -> Tensor:
+        """Inner products of the harmonized gradients, A K' Aᵀ (the paper's Fig. 12 "after")."""
+        k = self.gram * torch.outer(self.coefs, self.coefs) if self.weighted else self.gram
+        return self.pair_coefs @ k @ self.pair_coefs.T
+
+    def pair_conflict_after(self, i: int = 0, j: int = 1) -> Tensor:
+        """1.0 when the harmonized pair ĝ_i, ĝ_j still meets at an obtuse angle."""
+        scale = CONFLICT_RTOL * self.norms[i] * self.norms[j] * self.coefs[i].abs() * self.coefs[j].abs()
+        tol = scale if self.weighted else CONFLICT_RTOL * self.norms[i] * self.norms[j]
+        return (self.pair_gram[i, j] < -tol).to(self.gram.dtype)
+
 
 def _as_param_list(params: Iterable[Tensor]) -> list[Tensor]:
     out, seen = [], set()
@@ -113,22 +134,74 @@ def default_groups(num_losses: int, harmonizer: Harmonizer) -> tuple[tuple[int, 
     )
 
 
-def loss_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool = False) -> Tensor:
+def _coef_tensor(coefs: Sequence[float] | Tensor | None, m: int, like: Tensor) -> Tensor:
+    coef_t = torch.as_tensor(1.0 if coefs is None else coefs, dtype=like.dtype, device=like.device)
+    coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t.to(like.dtype)
+    if coef_t.shape != (m,):
+        raise ValueError(f"expected {m} coefficients, got {tuple(coef_t.shape)}")
+    return coef_t
+
+
+def harmonize_groups(
+    gram: Tensor,
+    harmonizer: Harmonizer,
+    coefs: Tensor,
+    groups: Sequence[Sequence[int]] | None,
+    weighted: bool,
+) -> tuple[Tensor, Tensor, tuple[tuple[int, ...], ...]]:
+    """tau (m,) and the block coefficient matrix A (m, m) for the given harmonized groups."""
+    m = gram.shape[0]
+    group_idx = default_groups(m, harmonizer) if groups is None else tuple(tuple(g) for g in groups)
+    pair = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    seen: set[int] = set()
+    for group in group_idx:
+        if seen & set(group):
+            raise ValueError(f"a loss appears in more than one harmonized group: {group_idx}")
+        seen |= set(group)
+        idx = torch.tensor(group, device=gram.device)
+        sub = gram.index_select(0, idx).index_select(1, idx)
+        if weighted:
+            c = coefs.index_select(0, idx)
+            sub = sub * torch.outer(c, c)
+        block = harmonizer.coefficients(sub)
+        pair[idx.unsqueeze(1), idx.unsqueeze(0)] = block
+    return pair.sum(dim=0), pair, group_idx
+
+
+def loss_gradients(
+    losses: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool = False, batched: bool = False
+) -> Tensor:
     """Per-loss gradients as one flat ``(m, P)`` buffer (rows follow ``losses``, columns ``params``).
 
     Uses ``torch.autograd.grad`` (which never triggers DDP's reducer and never touches ``.grad``);
-    parameters a loss does not reach get zeros, so every row has the same layout.
+    parameters a loss does not reach get zeros, so every row has the same layout. ``batched=True``
+    takes all m gradients in one vmapped backward pass (``is_grads_batched``) instead of m passes.
     """
     numel = sum(p.numel() for p in params)
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1:
         raise TypeError(f"all optimized parameters must share one dtype, got {sorted(map(str, dtypes))}")
-    flat = torch.empty(len(losses), numel, dtype=params[0].dtype, device=params[0].device)
+    m = len(losses)
+    flat = torch.empty(m, numel, dtype=params[0].dtype, device=params[0].device)
+    if batched and all(loss.requires_grad for loss in losses):
+        stacked = torch.stack(list(losses))
+        eye = torch.eye(m, dtype=stacked.dtype, device=stacked.device)
+        grads = torch.autograd.grad(
+            stacked,
+            params,
+            grad_outputs=eye,
+            retain_graph=retain_graph,
+            allow_unused=True,
+            materialize_grads=True,
+            is_grads_batched=True,
+        )
+        torch.cat([g.reshape(m, -1) for g in grads], dim=1, out=flat)
+        return flat
     for i, loss in enumerate(losses):
         if not loss.requires_grad:  # e.g. a loss that is identically constant for this batch
             flat[i].zero_()
             continue
-        keep = retain_graph or i < len(losses) - 1
+        keep = retain_graph or i < m - 1
         grads = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True, materialize_grads=True)
         torch.cat([g.reshape(-1) for g in grads], out=flat[i])
         del grads
@@ -147,6 +220,7 @@ def harmonized_backward(
     tau_scope: str = "all",
     reduce: Callable[[Tensor], Tensor] | None = None,
     retain_graph: bool = False,
+    batched: bool = False,
 ) -> GradStats:
     """Write the harmonized gradient of ``losses`` into ``p.grad`` (accumulating like ``backward``).
 
@@ -164,9 +238,10 @@ def harmonized_backward(
             if False (official CDAN/GVB/DWL) it sees the raw gradients and coef_i multiplies afterwards.
         tau_scope: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram"``
             (tau only on the Gram scope; parameters outside it, e.g. a discriminator, get Σ coef_i g_i).
-        reduce: optional in-place reduction of the flat ``(m, P)`` gradient buffer before the Gram
-            matrix is formed (e.g. an all-reduce mean under DDP, so every rank computes the same tau).
+        reduce: optional reduction of the flat ``(m, P)`` gradient buffer before the Gram matrix is
+            formed (an all-reduce mean under DDP, so every rank computes the same tau).
         retain_graph: keep the graph after the last gradient (default False).
+        batched: take the m gradients in one vmapped backward pass (``is_grads_batched``).
 
     Returns:
         :class:`GradStats` with the Gram matrix, tau and coefficients (all detached, no host sync).
@@ -193,29 +268,13 @@ def harmonized_backward(
     n_updated_scope = sum(p.numel() for p in updated_scope)
     n_scope = n_updated_scope + sum(p.numel() for p in probe_only)
 
-    flat = loss_gradients(losses, updated_scope + probe_only + outside, retain_graph=retain_graph)
+    flat = loss_gradients(losses, updated_scope + probe_only + outside, retain_graph=retain_graph, batched=batched)
     if reduce is not None:
         flat = reduce(flat)
     gram = flat[:, :n_scope] @ flat[:, :n_scope].T
 
-    coef_t = torch.as_tensor(1.0 if coefs is None else coefs, dtype=dtype, device=device)
-    coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t.to(dtype)
-    if coef_t.shape != (m,):
-        raise ValueError(f"expected {m} coefficients, got {tuple(coef_t.shape)}")
-    group_idx = default_groups(m, harmonizer) if groups is None else tuple(tuple(g) for g in groups)
-
-    tau = torch.ones(m, dtype=dtype, device=device)
-    seen: set[int] = set()
-    for group in group_idx:
-        if seen & set(group):
-            raise ValueError(f"a loss appears in more than one harmonized group: {group_idx}")
-        seen |= set(group)
-        idx = torch.tensor(group, device=device)
-        sub = gram.index_select(0, idx).index_select(1, idx)
-        if weighted:
-            c = coef_t.index_select(0, idx)
-            sub = sub * torch.outer(c, c)
-        tau[idx] = harmonizer.weights(sub)
+    coef_t = _coef_tensor(coefs, m, flat)
+    tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
 
     # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
     w_all = coef_t * tau
@@ -237,7 +296,78 @@ def harmonized_backward(
             p.grad = g
         else:
             p.grad.add_(g)
-    return GradStats(gram=gram.detach(), tau=tau.detach(), coefs=coef_t, groups=group_idx)
+    return GradStats(
+        gram=gram.detach(),
+        tau=tau.detach(),
+        coefs=coef_t,
+        groups=group_idx,
+        pair_coefs=pair.detach(),
+        weighted=weighted,
+    )
+
+
+def feature_space_backward(
+    losses: Sequence[Tensor],
+    features: Tensor,
+    harmonizer: Harmonizer,
+    *,
+    coefs: Sequence[float] | Tensor | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
+    weighted: bool = False,
+    tau_scope: str = "all",
+    reduce_gram: Callable[[Tensor], Tensor] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
+) -> GradStats:
+    """Harmonize with the Gram matrix of gradients w.r.t. the shared batch ``features`` (approximate).
+
+    The per-loss gradients dL_i/dz only traverse the heads above the features z, so they are cheap;
+    then a single ordinary backward fills every ``.grad`` (``backward`` defaults to
+    ``Tensor.backward``; Lightning passes ``manual_backward``, which keeps DDP's reducer in charge).
+    With ``tau_scope="all"`` that backward is of Σ_i coef_i tau_i L_i; with ``"gram"`` it is of the plain
+    Σ_i coef_i L_i while a hook on z replaces the gradient entering the feature extractor by
+    Σ_i coef_i tau_i dL_i/dz, so only the parameters below z are reweighted. The angle is the
+    feature-space angle, not the parameter-space one of the paper. Under DDP, ``reduce_gram`` combines
+    the per-rank Gram matrices (samples are disjoint coordinates).
+    """
+    m = len(losses)
+    if m == 0:
+        raise ValueError("feature_space_backward needs at least one loss")
+    if not features.requires_grad:
+        raise ValueError("the shared features must be part of the autograd graph")
+    rows = []
+    for loss in losses:
+        if loss.requires_grad:
+            (gz,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True, materialize_grads=True)
+        else:
+            gz = torch.zeros_like(features)
+        rows.append(gz.reshape(-1))
+    flat = torch.stack(rows)
+    gram = flat @ flat.T
+    if reduce_gram is not None:
+        gram = reduce_gram(gram)
+    if tau_scope not in ("all", "gram"):
+        raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
+    coef_t = _coef_tensor(coefs, m, flat)
+    tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
+    if tau_scope == "all":
+        total = sum(w * loss for w, loss in zip(coef_t * tau, losses, strict=True))
+        (backward or Tensor.backward)(total)
+    else:
+        weighted_gz = ((coef_t * tau) @ flat).view_as(features)
+        handle = features.register_hook(lambda grad: weighted_gz.to(grad.dtype))
+        try:
+            (backward or Tensor.backward)(sum(c * loss for c, loss in zip(coef_t, losses, strict=True)))
+        finally:
+            handle.remove()
+    return GradStats(
+        gram=gram.detach(),
+        tau=tau.detach(),
+        coefs=coef_t,
+        groups=group_idx,
+        pair_coefs=pair.detach(),
+        weighted=weighted,
+        space="features",
+    )
 
 
 def three_pass_backward(

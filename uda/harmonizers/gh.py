@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from uda.harmonizers.base import Harmonizer, pair_terms, safe_div
+from uda.harmonizers.base import Harmonizer, projection_coefficients
 
 
 class GH(Harmonizer):
@@ -18,17 +17,12 @@ class GH(Harmonizer):
         tau1 = 1 − δ c / ‖g1‖²,   tau2 = 1 − δ c / ‖g2‖²,   δ = [c < 0],
 
     (note the crossed norms: tau1 divides by ‖g1‖²). Both weights are ≥ 1, the combined direction never
-    conflicts with either gradient (d·g_i = ‖g_i‖² sin²θ ≥ 0), and the weights are invariant to a common
-    scale of both gradients. For two losses this is identical to PCGrad.
+    conflicts with either gradient (d·g_i = ‖g_i‖² sin²θ ≥ 0), the harmonized pair meets at π − θ, and
+    the weights are invariant to a common scale of both gradients. For two losses GH is PCGrad.
     """
 
     name = "gh"
     num_losses = 2
 
-    def _weights(self, gram: Tensor) -> Tensor:
-        n1_sq, n2_sq, c = pair_terms(gram)
-        conflict = c < 0
-        zero = torch.zeros_like(c)
-        tau1 = 1.0 - torch.where(conflict, safe_div(c, n1_sq), zero)
-        tau2 = 1.0 - torch.where(conflict, safe_div(c, n2_sq), zero)
-        return torch.stack([tau1, tau2])
+    def _coefficients(self, gram: Tensor) -> Tensor:
+        return projection_coefficients(gram)

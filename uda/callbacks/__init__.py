@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from uda.callbacks.diagnostics import GradientDiagnostics
+
+__all__ = ["GradientDiagnostics"]
