@@ -94,11 +94,15 @@ class GradStats:
         return torch.where(den > 0, self.update_dots / torch.clamp(den, min=1e-30), torch.zeros_like(den))
 
     def conflict_after(self) -> Tensor:
-        """1.0 when the update d opposes some harmonized loss's gradient (d·g_i < 0), else 0.0."""
+        """1.0 when the update d opposes some harmonized loss's gradient (d·g_i < 0), else 0.0.
+
+        d·g_i = Σ_j w_j K_ij is a sum of terms that cancel when g1, g2 are nearly antiparallel (GH then
+        makes d·g_i = ‖g_i‖² sin²θ ≈ 0), so rounding is tolerated relative to the terms' magnitude.
+        """
         members = sorted({i for group in self.groups for i in group}) or list(range(self.gram.shape[0]))
         idx = torch.tensor(members, device=self.gram.device)
-        tol = CONFLICT_RTOL * self.update_norm * self.norms[idx]
-        return (self.update_dots[idx] < -tol).any().to(self.gram.dtype)
+        tol = CONFLICT_RTOL * (self.gram.abs() @ self.update_weights.abs())
+        return (self.update_dots[idx] < -tol[idx]).any().to(self.gram.dtype)
 
     @property
     def pair_gram(self) -> Tensor:
@@ -107,9 +111,10 @@ class GradStats:
         return self.pair_coefs @ k @ self.pair_coefs.T
 
     def pair_conflict_after(self, i: int = 0, j: int = 1) -> Tensor:
-        """1.0 when the harmonized pair ĝ_i, ĝ_j still meets at an obtuse angle."""
-        scale = CONFLICT_RTOL * self.norms[i] * self.norms[j] * self.coefs[i].abs() * self.coefs[j].abs()
-        tol = scale if self.weighted else CONFLICT_RTOL * self.norms[i] * self.norms[j]
+        """1.0 when the harmonized pair ĝ_i, ĝ_j still meets at an obtuse angle (rounding tolerated)."""
+        k = self.gram * torch.outer(self.coefs, self.coefs) if self.weighted else self.gram
+        a = self.pair_coefs
+        tol = CONFLICT_RTOL * (a.abs() @ k.abs() @ a.abs().T)[i, j]
         return (self.pair_gram[i, j] < -tol).to(self.gram.dtype)
 
 
