@@ -106,10 +106,12 @@ def _check_domains(cfg: DictConfig) -> None:
     except Exception as err:  # noqa: BLE001 - any import failure means a wrong _target_
         raise ConfigError(f"dataset._target_={target!r} cannot be imported ({err})") from err
     domains = getattr(datamodule_cls, "domains", ())
+    resolve = getattr(datamodule_cls, "resolve_domain", lambda name: name if name in domains else None)
+    choices = getattr(datamodule_cls, "domain_choices", lambda: ", ".join(domains))
     for role in ("source", "target"):
         value = _number(cfg, f"dataset.{role}")
         _require(
-            not domains or value in domains,
+            not domains or resolve(value) is not None,
             f"dataset.{role}={value!r} is not a domain of {getattr(datamodule_cls, 'name', target)}; "
-            f"choose one of: {', '.join(domains)}",
+            f"choose one of: {choices()}",
         )

@@ -53,6 +53,8 @@ class UDADataModule(L.LightningDataModule):
 
     name: ClassVar[str] = "uda"
     domains: ClassVar[tuple[str, ...]] = ()
+    #: short names accepted for ``source``/``target`` (e.g. ``"A": "amazon"``); resolved to ``domains``
+    aliases: ClassVar[dict[str, str]] = {}
     num_classes: ClassVar[int] = 0
     class_names: ClassVar[tuple[str, ...]] = ()
 
@@ -68,13 +70,15 @@ class UDADataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        resolved = []
         for role, domain in (("source", source), ("target", target)):
-            if domain not in self.domains:
+            name = self.resolve_domain(domain)
+            if name is None:
                 raise ConfigError(
-                    f"dataset.{role}={domain!r} is not a domain of {self.name}; "
-                    f"choose one of: {', '.join(self.domains)}"
+                    f"dataset.{role}={domain!r} is not a domain of {self.name}; choose one of: {self.domain_choices()}"
                 )
-        self.source, self.target = source, target
+            resolved.append(name)
+        self.source, self.target = resolved
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.iters_per_epoch = iters_per_epoch
@@ -82,6 +86,21 @@ class UDADataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.source_data: DomainSplit | None = None
         self.target_data: DomainSplit | None = None
+
+    @classmethod
+    def resolve_domain(cls, name: object) -> str | None:
+        """The domain called ``name`` (a domain or one of its aliases), or ``None`` if there is none."""
+        if not isinstance(name, str):
+            return None
+        if name in cls.domains:
+            return name
+        return cls.aliases.get(name)
+
+    @classmethod
+    def domain_choices(cls) -> str:
+        """The valid domain names for messages, aliases in parentheses: ``"amazon (A), dslr (D), ..."``."""
+        short = {domain: [a for a, d in cls.aliases.items() if d == domain] for domain in cls.domains}
+        return ", ".join(f"{d} ({'/'.join(short[d])})" if short[d] else d for d in cls.domains)
 
     @property
     def task(self) -> str:
