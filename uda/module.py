@@ -160,17 +160,22 @@ class UDAModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         lr = base_lr(self.optimizer_factory)
+        overrides = self.baseline.optimizer_overrides()
         self._opt_names: list[str] = []
         self._opt_params: dict[str, list[nn.Parameter]] = {}
         optimizers, schedulers = [], []
         for name, groups in self.baseline.optimizer_groups().items():
-            opt = self.optimizer_factory(param_groups(groups, lr, self.lr_mult, prefix=f"{name}/"))
+            groups_lr = param_groups(groups, lr, self.lr_mult, prefix=f"{name}/")
+            opt = self.optimizer_factory(groups_lr, **overrides.get(name, {}))
             self._opt_names.append(name)
             self._opt_params[name] = [p for ps in groups.values() for p in ps if p.requires_grad]
             optimizers.append(opt)
             if self.scheduler_factory is not None:
                 schedulers.append(self.scheduler_factory(opt))
         return optimizers, schedulers
+
+    def _stage_params(self, stage: Stage) -> list[nn.Parameter]:
+        return [p for name in stage.optimizers for p in self._opt_params[name]]
 
     # ------------------------------------------------------------ distributed
     @property
@@ -239,7 +244,7 @@ class UDAModule(L.LightningModule):
         else:
             stats = harmonized_backward(
                 [losses[n] for n in names],
-                self._opt_params[stage.optimizer],
+                self._stage_params(stage),
                 self.harmonizer,
                 coefs=coefs,
                 groups=groups,
@@ -251,17 +256,19 @@ class UDAModule(L.LightningModule):
             )
         return [StepStats(stage.name, k, tuple(names[i] for i in g), stats) for k, g in enumerate(stats.groups)]
 
-    def _run_stage(self, stage: Stage, batch: UDABatch, opt: Any) -> tuple[dict[str, Tensor], dict, list[StepStats]]:
+    def _run_stage(self, stage: Stage, batch: UDABatch, opts: list[Any]) -> tuple[dict[str, Tensor], dict, list]:
         out = self.baseline.compute_losses(stage.name, batch, self.iteration)
         missing = [n for n in stage.coefs if n not in out.losses]
         if missing:
             raise RuntimeError(f"{self.baseline.name} stage {stage.name!r} did not return losses {missing}")
         self._check_finite(stage, {n: out.losses[n] for n in stage.coefs})
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         step_stats = self._backward(stage, out.losses, out.features)
-        if self.engine.clip_grad_norm is not None:
-            self.clip_gradients(opt, gradient_clip_val=self.engine.clip_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
+        for opt in opts:
+            if self.engine.clip_grad_norm is not None:
+                self.clip_gradients(opt, gradient_clip_val=self.engine.clip_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
         return out.losses, out.metrics, step_stats
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -273,13 +280,16 @@ class UDAModule(L.LightningModule):
         multi_stage = len(self.baseline.stages) > 1
         logs: dict[str, Tensor | float] = {}
         self.step_stats = []
+        logs.update({f"train/{k}": v for k, v in self.baseline.begin_iteration(self.iteration).items()})
         for stage in self.baseline.stages:
             prefix = f"train/{stage.name}/" if multi_stage else "train/"
+            opts = [by_name[name] for name in stage.optimizers]
             for _ in range(stage.repeat):
-                losses, metrics, step_stats = self._run_stage(stage, uda_batch, by_name[stage.optimizer])
+                losses, metrics, step_stats = self._run_stage(stage, uda_batch, opts)
                 logs.update({f"{prefix}{n}_loss": v.detach() for n, v in losses.items()})
                 logs.update({f"{prefix}{n}": v for n, v in metrics.items()})
                 self.step_stats.extend(step_stats)
+        logs.update({f"train/{k}": v for k, v in self.baseline.end_iteration(self.iteration).items()})
         self._count_conflicts()
         self.iteration += 1
         schedulers = self.lr_schedulers()
@@ -308,27 +318,6 @@ class UDAModule(L.LightningModule):
             self.train_seconds += time.perf_counter() - self._t0
             self._train_iters_timed += 1
             self._t0 = None
-
-    def log_to_loggers(self, metrics: Mapping[str, Tensor | float], step: int) -> None:
-        """Log straight to the loggers, for values measured on some steps only.
-
-        ``self.log`` keeps re-sending a step metric's last value at every later step of the epoch, which
-        would make intermittent measurements (``harmonizer=none`` with ``monitor_every``) look continuous.
-        One host transfer for the whole dict.
-        """
-        if not metrics or not self.loggers:
-            return
-        values = torch.stack(
-            [
-                torch.as_tensor(v).detach().to("cpu", torch.float32)
-                if not isinstance(v, Tensor)
-                else v.detach().to(torch.float32)
-                for v in metrics.values()
-            ]
-        ).tolist()
-        row = dict(zip(metrics, values, strict=True))
-        for logger in self.loggers:
-            logger.log_metrics(row, step=step)
 
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -33,13 +33,13 @@ class Stage:
 
     Attributes:
         name: stage name (used in log keys when a baseline has several stages).
-        coefs: the losses this stage optimizes, mapped to their trade-off coefficients.
+        coefs: the losses this stage minimizes, mapped to their (non-negative) trade-off coefficients.
         harmonize: groups of loss names harmonized together, official order first (loss "1" first).
         weighted: official placement of the trade-off: True = coefficients multiply the losses before
             harmonization (MCD, SSRT), False = after (CDAN, GVB, DWL). ``engine.weighted`` overrides it.
         tau_scope: which gradients tau multiplies by default: ``all`` (official) or ``gram`` (only the
             Gram scope; parameters outside it keep Σ coef_i g_i). ``engine.tau_scope`` overrides it.
-        optimizer: name of the optimizer this stage steps (see :meth:`Baseline.optimizer_groups`).
+        optimizer: name(s) of the optimizer(s) this stage steps (see :meth:`Baseline.optimizer_groups`).
         repeat: how many times the stage runs per iteration (e.g. MCD's num_k generator steps).
     """
 
@@ -48,10 +48,20 @@ class Stage:
     harmonize: tuple[tuple[str, ...], ...] = ()
     weighted: bool = False
     tau_scope: str = "all"
-    optimizer: str = "main"
+    optimizer: str | tuple[str, ...] = "main"
     repeat: int = 1
 
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        """The optimizer names this stage steps, as a tuple."""
+        return (self.optimizer,) if isinstance(self.optimizer, str) else tuple(self.optimizer)
+
     def __post_init__(self) -> None:
+        negative = [name for name, c in self.coefs.items() if c < 0]
+        if negative:
+            # a loss is something to minimize: put the sign into the loss, so every harmonizer sees the
+            # gradient of what is actually minimized whether or not the trade-off is applied before it
+            raise ValueError(f"stage {self.name!r}: coefficients must be >= 0, got negative ones for {negative}")
         for group in self.harmonize:
             missing = [name for name in group if name not in self.coefs]
             if missing:
@@ -113,6 +123,19 @@ class Baseline(nn.Module, ABC):
         ids = {id(p) for p in backbone}
         heads = [p for p in self.parameters() if id(p) not in ids]
         return {"main": {"backbone": backbone, "heads": heads}}
+
+    def optimizer_overrides(self) -> dict[str, dict[str, object]]:
+        """Per-optimizer keyword overrides of the configured optimizer (e.g. MCD's generator without
+        momentum); empty by default."""
+        return {}
+
+    def begin_iteration(self, iteration: int) -> dict[str, Tensor | float]:
+        """Hook before the stages of an iteration (e.g. SSRT's safe-training restore); returns metrics."""
+        return {}
+
+    def end_iteration(self, iteration: int) -> dict[str, Tensor | float]:
+        """Hook after the stages of an iteration (e.g. DWL's periodic dynamic weight); returns metrics."""
+        return {}
 
     def official_scope_for(self, stage: str | None) -> tuple[str, ...]:
         """Module names of the official GH Gram scope for ``stage`` (override when stages differ)."""

@@ -1,0 +1,138 @@
+"""MCD: discrepancy and class-balance entropy by hand; each stage steps exactly its modules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import partial
+
+import pytest
+import torch
+
+from uda.baselines import MCD, UDABatch
+from uda.baselines.mcd import class_balance_entropy, classifier_discrepancy
+from uda.harmonizers import GH, Harmonizer
+from uda.models import LeNet
+from uda.module import EngineOptions, UDAModule
+
+
+def test_discrepancy_is_mean_absolute_probability_difference() -> None:
+    p1 = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+    p2 = torch.tensor([[0.5, 0.5], [0.2, 0.8]])
+    # |0.2| + |0.2| + 0 + 0 over 4 entries
+    assert classifier_discrepancy(p1, p2).item() == pytest.approx(0.1)
+    assert classifier_discrepancy(p1, p1).item() == 0.0
+
+
+def test_class_balance_entropy_by_hand() -> None:
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # balanced batch: mean prediction (0.5, 0.5)
+    assert class_balance_entropy(probs).item() == pytest.approx(-math.log(0.5 + 1e-6), rel=1e-6)
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # every sample in class 0: large penalty
+    expected = -(math.log(1 + 1e-6) + math.log(1e-6)) / 2
+    assert class_balance_entropy(collapsed).item() == pytest.approx(expected, rel=1e-6)
+    assert class_balance_entropy(collapsed) > class_balance_entropy(probs)
+
+
+def test_stages_follow_the_three_step_procedure() -> None:
+    model = MCD(LeNet(), num_classes=10, trade_off=2.0, num_k=3, hidden=16)
+    source, maximize, minimize = model.stages
+    assert source.optimizers == ("g", "f") and source.coefs == {"cls": 1.0}
+    # step B: L1 = classification, L2 = −discrepancy, trade-off before harmonization, only F steps
+    assert maximize.harmonize == (("cls", "neg_discrepancy"),) and maximize.weighted
+    assert maximize.optimizers == ("f",) and maximize.coefs == {"cls": 1.0, "neg_discrepancy": 2.0}
+    assert minimize.optimizers == ("g",) and minimize.repeat == 3 and minimize.coefs == {"discrepancy": 2.0}
+    assert model.optimizer_overrides() == {"g": {"momentum": 0.0, "nesterov": False}}
+
+
+def mcd_module(harmonizer) -> UDAModule:
+    torch.manual_seed(0)
+    m = UDAModule(
+        MCD(LeNet(), num_classes=10, hidden=16),
+        harmonizer,
+        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        engine=EngineOptions(),
+    )
+    m.manual_backward = lambda loss: loss.backward()  # no Trainer attached
+    m.optimizers_by_name = dict(zip(["g", "f"], m.configure_optimizers()[0], strict=True))
+    return m
+
+
+def run_stage(m: UDAModule, name: str):
+    gen = torch.Generator().manual_seed(1)
+    batch = UDABatch(
+        torch.randn(8, 1, 28, 28, generator=gen),
+        torch.randint(0, 10, (8,), generator=gen),
+        torch.randn(8, 1, 28, 28, generator=gen),
+    )
+    stage = m.baseline.stage(name)
+    before = {n: p.detach().clone() for n, p in m.baseline.named_parameters()}
+    _, _, stats = m._run_stage(stage, batch, [m.optimizers_by_name[o] for o in stage.optimizers])
+    changed = {n.split(".")[0] for n, p in m.baseline.named_parameters() if not torch.equal(p, before[n])}
+    return changed, stats
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("source", {"backbone", "classifier1", "classifier2"}),
+        ("maximize", {"classifier1", "classifier2"}),
+        ("minimize", {"backbone"}),
+    ],
+)
+def test_each_stage_changes_exactly_its_modules(stage: str, expected: set[str]) -> None:
+    changed, _ = run_stage(mcd_module(GH()), stage)
+    assert changed == expected
+
+
+class FixedTau(Harmonizer):
+    """Records the Gram matrix it is given and returns fixed weights, to check where tau lands."""
+
+    def __init__(self, tau: tuple[float, float]) -> None:
+        self.tau = tau
+        self.seen: list[torch.Tensor] = []
+
+    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
+        self.seen.append(gram.clone())
+        return torch.tensor(self.tau, dtype=gram.dtype)
+
+
+def maximize_batch() -> UDABatch:
+    gen = torch.Generator().manual_seed(1)
+    return UDABatch(
+        torch.randn(8, 1, 28, 28, generator=gen),
+        torch.randint(0, 10, (8,), generator=gen),
+        torch.randn(8, 1, 28, 28, generator=gen),
+    )
+
+
+def test_step_b_gram_is_over_the_generator_and_tau_multiplies_the_classifier_update() -> None:
+    harmonizer = FixedTau((2.0, 0.5))
+    m = mcd_module(harmonizer)
+    stage = m.baseline.stage("maximize")
+    m.baseline._stages = (m.baseline.stages[0], replace(stage, coefs={"cls": 1.0, "neg_discrepancy": 3.0}))
+    stage = m.baseline.stage("maximize")
+    m.optimizers_by_name["f"].zero_grad(set_to_none=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)  # same dropout masks as the reference below
+        out = m.baseline.compute_losses("maximize", maximize_batch(), 0)
+        m._backward(stage, out.losses, out.features)
+    f_params = [*m.baseline.classifier1.parameters(), *m.baseline.classifier2.parameters()]
+    got = torch.cat([p.grad.flatten() for p in f_params])
+    assert all(p.grad is None for p in m.baseline.backbone.parameters())  # G is not stepped in step B
+
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        ref = m.baseline.compute_losses("maximize", maximize_batch(), 0)
+    g_params = list(m.baseline.backbone.parameters())
+
+    def flat(loss: torch.Tensor, params: list) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        pairs = zip(grads, params, strict=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in pairs])
+
+    # weighted placement: the Gram matrix is over G of (1·g_cls, 3·g_neg_disc)
+    over_g = torch.stack([flat(ref.losses["cls"], g_params), 3.0 * flat(ref.losses["neg_discrepancy"], g_params)])
+    torch.testing.assert_close(harmonizer.seen[0].double(), (over_g @ over_g.T).double(), rtol=1e-4, atol=1e-8)
+    # and the classifiers' update is tau1·g_cls + tau2·3·g_neg_disc over F
+    expected = 2.0 * flat(ref.losses["cls"], f_params) + 0.5 * 3.0 * flat(ref.losses["neg_discrepancy"], f_params)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
