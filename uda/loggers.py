@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from uda.provenance import provenance
+
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -36,6 +38,18 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+def run_group(cfg: DictConfig) -> str:
+    """W&B group: the experiment preset when one is used, else ``<dataset>-<source>-<target>-<baseline>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    dataset = choices.get("dataset") or "dataset"
+    baseline = choices.get("baseline") or "baseline"
+    return f"{dataset}-{cfg.dataset.get('source')}-{cfg.dataset.get('target')}-{baseline}"
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Instantiate every logger under ``cfg.logger``; W&B gets the resolved config and mode."""
     loggers: list[Logger] = []
@@ -50,9 +64,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
                 raise ConfigError(f"logger.wandb.mode={mode!r} is unknown; choose one of: {', '.join(WANDB_MODES)}")
             kwargs["mode"] = resolve_wandb_mode(mode)
+            if not node.get("group"):
+                kwargs["group"] = run_group(cfg)
+            if not node.get("name"):
+                kwargs["name"] = None  # no overrides: let W&B pick a name rather than an empty one
+            config = OmegaConf.to_container(cfg, resolve=True)
+            config["provenance"] = provenance()  # git commit and library versions beside the resolved config
             # `config` cannot be passed through instantiate() (it is that function's own first argument)
             factory = instantiate(node, _partial_=True, **kwargs)
-            loggers.append(factory(config=OmegaConf.to_container(cfg, resolve=True)))
+            loggers.append(factory(config=config))
             continue
         loggers.append(instantiate(node, **kwargs))
     return loggers

@@ -379,6 +379,13 @@ class UDAModule(L.LightningModule):
                     "target_acc_best_iteration": best["iteration"],
                 }
             )
+            scored = [r for r in self.history if r.get("source/acc") is not None]
+            if scored:
+                # model selection without target labels: the evaluation with the best source accuracy
+                # (the latest one on ties, i.e. the most trained model among equals)
+                chosen = max(reversed(scored), key=lambda r: r["source/acc"])
+                out["target_acc_source_val"] = chosen["target/acc"]
+                out["source_val_iteration"] = chosen["iteration"]
         n, before, after, pair_after = self.conflict_counts.tolist()
         out["monitored_steps"] = int(n)
         out["conflict_rate"] = before / n if n else None

@@ -32,6 +32,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"   (mean per class {_pct(s.get('target_acc_mean_class_last'))})",
         f"              best {_pct(s.get('target_acc_best'))} at iteration {s.get('target_acc_best_iteration')}"
         "   [oracle: selected with target labels]",
+        f"              source_val {_pct(s.get('target_acc_source_val'))} at iteration {s.get('source_val_iteration')}"
+        "   [selected by best source accuracy]",
         f" source acc   last {_pct(s.get('source_acc_last'))}",
         f" conflict     {conflict}",
         f" speed        {'n/a' if spi is None else f'{spi:.4f}'} s/iteration (training step only)",

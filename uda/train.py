@@ -17,6 +17,7 @@ from uda.config import validate
 from uda.errors import ConfigError, UserError
 from uda.loggers import build_loggers, finish_wandb
 from uda.module import EngineOptions, UDAModule
+from uda.provenance import provenance
 from uda.summary import format_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,16 @@ def _choices() -> dict[str, str]:
     if HydraConfig.initialized():
         return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
     return {}
+
+
+def harmonizer_params(harmonizer: object) -> dict[str, Any]:
+    """The harmonizer's hyper-parameters as plain values (e.g. ``{"lam": 0.5}``), for tables and plots."""
+    params = getattr(harmonizer, "_params", None)
+    return (
+        {k: (v if isinstance(v, int | float | str | bool) or v is None else str(v)) for k, v in params().items()}
+        if params
+        else {}
+    )
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -96,9 +107,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "target": datamodule.target,
         "baseline": baseline.name,
         "harmonizer": repr(harmonizer) + ("" if module.harmonizes else " (no-op: the baseline has one loss)"),
+        "harmonizer_name": choices.get("harmonizer", harmonizer.name),
+        "harmonizer_params": harmonizer_params(harmonizer),
+        "experiment": choices.get("experiment"),
         "seed": int(cfg.seed),
         **module.results(),
-        "model_selection": {"last": "target_acc_last", "best_target (oracle)": "target_acc_best"},
+        "model_selection": {
+            "last": "target_acc_last",
+            "best_target (oracle)": "target_acc_best",
+            "source_val": "target_acc_source_val",
+            "source_val_measured_on": datamodule.source_eval_split,
+        },
+        **provenance(),
         "output_dir": str(_output_dir(cfg)),
     }
     if trainer.is_global_zero:

@@ -106,6 +106,11 @@ class UDADataModule(L.LightningDataModule):
     def task(self) -> str:
         return f"{self.source}→{self.target}"
 
+    @property
+    def source_eval_split(self) -> str:
+        """What ``source/acc`` is measured on (and so what ``source_val`` model selection relies on)."""
+        return "source test split (held out from training)"
+
     @abstractmethod
     def load_domain(self, domain: str) -> DomainSplit:
         """Load one domain's train and test splits."""

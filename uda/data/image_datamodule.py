@@ -97,6 +97,12 @@ class ImageDataModule(UDADataModule):
     #: downloads that provide the image lists (``image_list/``)
     list_resources: ClassVar[tuple[Resource, ...]] = ()
 
+    @property
+    def source_eval_split(self) -> str:
+        if self.source_val_fraction > 0:
+            return f"held-out {self.source_val_fraction:g} of the source images (left out of training)"
+        return "source training images (not held out: source_val selection is optimistic)"
+
     def __init__(
         self,
         source: str,
