@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from uda.baselines.base import GRAM_SCOPES, Baseline, Stage, UDABatch
+from uda.checkpoint import rng_state, set_rng_state
 from uda.data.datamodule import EVAL_SETS
 from uda.errors import ConfigError, DivergenceError
 from uda.harmonizers import GradStats, Harmonizer, NoHarmonizer, feature_space_backward, harmonized_backward
@@ -351,6 +352,8 @@ class UDAModule(L.LightningModule):
             "harmonizer": self.harmonizer.state_dict(),
             "train_seconds": self.train_seconds,
             "train_iters_timed": self._train_iters_timed,
+            # exact resume: the generators dropout, augmentation and the loaders' base seeds draw from
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -362,6 +365,8 @@ class UDAModule(L.LightningModule):
         self.harmonizer.load_state_dict(state.get("harmonizer", {}))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self._train_iters_timed = int(state.get("train_iters_timed", 0))
+        if "rng" in state:
+            set_rng_state(state["rng"])
 
     # --------------------------------------------------------------- results
     def results(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from uda.checkpoint import AtomicCheckpointIO, keep_previous_csv, resolve_ckpt_path
 from uda.config import validate
 from uda.errors import ConfigError, UserError
 from uda.loggers import build_loggers, finish_wandb
@@ -89,6 +90,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lr_mult=OmegaConf.to_container(cfg.lr_mult, resolve=True) if cfg.get("lr_mult") else None,
         engine=engine,
     )
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), _output_dir(cfg))
+    if cfg.get("ckpt_path") == "last":
+        print(f"resuming from {ckpt_path}" if ckpt_path else "ckpt_path=last: no checkpoint yet, training from scratch")
+    if ckpt_path:
+        keep_previous_csv(_output_dir(cfg))
     callbacks = [_build(node, "callbacks") for node in (cfg.get("callbacks") or {}).values() if node]
     trainer = _build(
         cfg.trainer,
@@ -96,8 +102,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger=build_loggers(cfg) or False,
         callbacks=callbacks,
         max_epochs=cfg.iterations // cfg.eval_every,
+        plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     choices = _choices()
     summary = {
