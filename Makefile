@@ -15,7 +15,7 @@ help: ## List the targets
 
 install: ## Create .venv and install uda + dev tools (about 1.5-3 min from the local package cache)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(PY) -m pip install -q -e '.[dev,sweep]' 2>&1 | $(PIP_QUIET)
 	$(PY) -c "import uda, torch, lightning, hydra, timm, wandb; print('uda installed: torch', torch.__version__, '/ lightning', lightning.__version__)"
 
 run: ## Train the default job: CDAN+E + GH++ on MNIST-5k -> UCI digits, offline (about 3 min on 2 CPU cores)

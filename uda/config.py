@@ -12,6 +12,9 @@ from uda.errors import ConfigError
 
 HALF_PRECISION = ("16", "16-mixed", "fp16", "16-true")
 
+#: summary values a sweeper may optimize; the target_acc_* ones use target labels (an explicit oracle choice)
+OPTIMIZABLE = ("source_acc_best", "source_acc_last", "target_acc_last", "target_acc_source_val", "target_acc_best")
+
 
 def _number(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
@@ -42,6 +45,11 @@ def validate(cfg: DictConfig) -> None:
         iterations % eval_every == 0,
         f"iterations={iterations} is not a multiple of eval_every={eval_every}; "
         f"pick e.g. iterations={max(1, round(iterations / eval_every)) * eval_every}",
+    )
+    metric = cfg.get("optimized_metric", "target_acc_last")
+    _require(
+        metric in OPTIMIZABLE,
+        f"optimized_metric={metric!r} is unknown; choose one of: {', '.join(OPTIMIZABLE)}",
     )
     seed = cfg.get("seed")
     _require(

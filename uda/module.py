@@ -391,6 +391,7 @@ class UDAModule(L.LightningModule):
                 chosen = max(reversed(scored), key=lambda r: r["source/acc"])
                 out["target_acc_source_val"] = chosen["target/acc"]
                 out["source_val_iteration"] = chosen["iteration"]
+                out["source_acc_best"] = chosen["source/acc"]
         n, before, after, pair_after = self.conflict_counts.tolist()
         out["monitored_steps"] = int(n)
         out["conflict_rate"] = before / n if n else None

@@ -67,6 +67,25 @@ def harmonizer_params(harmonizer: object) -> dict[str, Any]:
     )
 
 
+def pinned_device(job_num: int, device_count: int) -> int:
+    """The GPU index of sweep job ``job_num`` when jobs are spread round-robin over ``device_count`` GPUs."""
+    if device_count <= 0:
+        raise ValueError("pin_device needs at least one GPU")
+    return int(job_num) % int(device_count)
+
+
+def _pinned_devices(cfg: DictConfig) -> dict[str, Any]:
+    """``pin_device=true`` in a multirun with CUDA: ``devices=[job_num mod #GPUs]`` (one GPU per job)."""
+    if not cfg.get("pin_device"):
+        return {}
+    import torch
+
+    if not torch.cuda.is_available() or not HydraConfig.initialized():
+        return {}
+    job_num = HydraConfig.get().job.get("num") or 0
+    return {"accelerator": "gpu", "devices": [pinned_device(job_num, torch.cuda.device_count())]}
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -96,9 +115,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         keep_previous_csv(_output_dir(cfg))
     callbacks = [_build(node, "callbacks") for node in (cfg.get("callbacks") or {}).values() if node]
+    pinned = _pinned_devices(cfg)
     trainer = _build(
         cfg.trainer,
         "trainer",
+        **pinned,
         logger=build_loggers(cfg) or False,
         callbacks=callbacks,
         max_epochs=cfg.iterations // cfg.eval_every,
