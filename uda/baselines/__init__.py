@@ -3,7 +3,23 @@
 from uda.baselines.base import GRAM_SCOPES, Baseline, Stage, StageOutput, UDABatch
 from uda.baselines.cdan import CDAN
 from uda.baselines.dann import DANN
+from uda.baselines.dwl import DWL
+from uda.baselines.gvb import GVB
 from uda.baselines.mcd import MCD
 from uda.baselines.source_only import SourceOnly
+from uda.baselines.ssrt import SSRT
 
-__all__ = ["CDAN", "DANN", "GRAM_SCOPES", "MCD", "Baseline", "SourceOnly", "Stage", "StageOutput", "UDABatch"]
+__all__ = [
+    "CDAN",
+    "DANN",
+    "DWL",
+    "GRAM_SCOPES",
+    "GVB",
+    "MCD",
+    "SSRT",
+    "Baseline",
+    "SourceOnly",
+    "Stage",
+    "StageOutput",
+    "UDABatch",
+]
