@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # this machine's pip config lists local package folders that may not exist; their warnings are noise
 PIP_QUIET := grep -v "^WARNING: Location '.*' is ignored" || true
 
-.PHONY: help install run test test-slow lint format clean
+.PHONY: help install run test test-slow bench study report lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,18 @@ test: ## Run the test suite (the slow end-to-end runs are excluded; see test-slo
 
 test-slow: ## Run only the slow end-to-end tests (full-length training runs)
 	$(PY) -m pytest -m slow
+
+bench: ## Benchmarks (harmonizer overhead, data throughput) -> benchmarks/results/*.{json,md}
+	$(PY) benchmarks/harmonizer_overhead.py
+	$(PY) benchmarks/data_throughput.py
+
+RUNS ?= logs/study
+OUT ?= benchmarks/results/digits_study
+study: ## The README's offline-digits study (CPU, hours on 2 cores) -> logs/study/digits
+	PY=$(PY) benchmarks/digits_study.sh
+
+report: ## Tables + plots from finished runs: make report RUNS=<runs dir> OUT=<output dir>
+	$(PY) -m uda.report $(RUNS) --out $(OUT)
 
 lint: ## ruff check
 	$(VENV)/bin/ruff check .
