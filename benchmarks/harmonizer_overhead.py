@@ -25,10 +25,10 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -216,13 +216,38 @@ def peak_memory(variant: str, device: torch.device, steps: int = 20) -> float:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-    else:
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for k in range(steps):
+            step(variant, model, opt, data[k], 500 + k)
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    # CPU: the process's lifetime high-water mark (ru_maxrss) is set by the imports, so sample the current
+    # resident set in a thread while the steps run (torch releases the GIL inside its kernels)
+    # (gradients and optimizer state, allocated at the first step, are part of every variant's growth)
+    start = current_rss_bytes()
+    peak = [start]
+    running = threading.Event()
+    running.set()
+
+    def sample() -> None:
+        while running.is_set():
+            peak[0] = max(peak[0], current_rss_bytes())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     for k in range(steps):
         step(variant, model, opt, data[k], 500 + k)
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated() - start) / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024  # ru_maxrss is in KiB
+    running.clear()
+    sampler.join()
+    return (peak[0] - start) / 2**20
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def memory_in_subprocess(variant: str, device: str) -> float:
