@@ -13,7 +13,7 @@ PIP_QUIET := grep -v "^WARNING: Location '.*' is ignored" || true
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## Create .venv and install uda + dev tools (about 1.5-3 min from the local package cache)
+install: ## Create .venv and install uda + dev tools (1.5-5 min from the local package cache)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev,sweep]' 2>&1 | $(PIP_QUIET)
 	$(PY) -c "import uda, torch, lightning, hydra, timm, wandb; print('uda installed: torch', torch.__version__, '/ lightning', lightning.__version__)"

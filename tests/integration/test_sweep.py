@@ -45,7 +45,9 @@ def test_optuna_preset_tunes_lambda_on_source_accuracy_not_the_target_oracle(tmp
     assert cfg.harmonizer._target_.endswith("GHPP")
 
     sweep = tmp_path / "optuna"
-    proc = run_cli("-m", "sweep=lam_optuna", "hydra.sweeper.n_trials=2", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_cli(
+        "-m", "sweep=lam_optuna", "hydra.sweeper.n_trials=2", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
