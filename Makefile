@@ -33,8 +33,9 @@ bench: ## Benchmarks (harmonizer overhead, data throughput) -> benchmarks/result
 
 RUNS ?= logs/study
 OUT ?= benchmarks/results/digits_study
-study: ## The README's offline-digits study (CPU, hours on 2 cores) -> logs/study/digits
+study: ## The README's offline-digits study + GH++ lambda sweep (CPU, hours on 2 cores) -> logs/study/{digits,lambda}
 	PY=$(PY) benchmarks/digits_study.sh
+	PY=$(PY) benchmarks/lambda_study.sh
 
 report: ## Tables + plots from finished runs: make report RUNS=<runs dir> OUT=<output dir>
 	$(PY) -m uda.report $(RUNS) --out $(OUT)

@@ -79,7 +79,10 @@ def plot_conflict_rates(table: pd.DataFrame, path: str | Path) -> str | None:
             heights = group[f"{metric}_mean"].fillna(0.0)
             errors = group[f"{metric}_std"].map(_std)
             ax.bar([i + offset for i in x], heights, width=0.4, yerr=errors, capsize=3, label=label)
-        ax.set_xticks(list(x), [f"{b}\n{h}" for b, h in zip(group["baseline"], group["harmonizer"], strict=True)])
+        # "ghpp(lam=0.25)" -> "ghpp\nlam=0.25": parameters on their own line keep neighbouring labels apart
+        harmonizers = [h.replace("(", "\n").removesuffix(")") for h in group["harmonizer"]]
+        labels = [f"{b}\n{h}" for b, h in zip(group["baseline"], harmonizers, strict=True)]
+        ax.set_xticks(list(x), labels, fontsize="small")
         ax.set_ylabel("conflicting steps (%)")
         ax.set_title(f"{dataset} {task}: gradient conflicts (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
