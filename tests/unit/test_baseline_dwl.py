@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.unit.harmonizer_fakes import FixedTau
 from uda.baselines import UDABatch
 from uda.baselines.dwl import DWL, discrepancy_sum, pseudo_label_loss, soft_label_bce
 from uda.baselines.dwl_weight import DynamicWeight, balance_factor, lda_discriminability, linear_mmd
@@ -244,18 +245,6 @@ def test_each_stage_changes_exactly_its_modules(stage: str, expected: set[str]) 
     m._run_stage(s, batch(), [m.optimizers_by_name[o] for o in s.optimizers])
     changed = {n.split(".")[0] for n, p in m.baseline.named_parameters() if not torch.equal(p, before[n])}
     assert changed == expected
-
-
-class FixedTau(Harmonizer):
-    """Records the Gram matrix it is given and returns fixed weights, to check where tau lands."""
-
-    def __init__(self, tau: tuple[float, float]) -> None:
-        self.tau = tau
-        self.seen: list[torch.Tensor] = []
-
-    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
-        self.seen.append(gram.clone())
-        return torch.tensor(self.tau, dtype=gram.dtype)
 
 
 def test_generator_step_harmonizes_the_raw_losses_over_g_and_applies_t_afterwards() -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.unit.harmonizer_fakes import FixedTau
 from uda.baselines import UDABatch
 from uda.baselines.gvb import GVB, bridge_loss, gvb_entropy_weights, weighted_domain_bce
 from uda.errors import ConfigError
@@ -254,18 +255,6 @@ def test_gh_step_changes_every_module_and_reweights_conflicting_pairs() -> None:
         else:
             assert tau.tolist() == [1.0, 1.0]
     assert conflicting >= 1  # this batch and seed make at least one pair conflict
-
-
-class FixedTau(Harmonizer):
-    """Records each Gram matrix it is given and returns fixed weights, to check where tau lands."""
-
-    def __init__(self, tau: tuple[float, float]) -> None:
-        self.tau = tau
-        self.seen: list[torch.Tensor] = []
-
-    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
-        self.seen.append(gram.clone())
-        return torch.tensor(self.tau, dtype=gram.dtype)
 
 
 @pytest.mark.parametrize("tau_scope", [None, "all"])

@@ -9,9 +9,10 @@ from functools import partial
 import pytest
 import torch
 
+from tests.unit.harmonizer_fakes import FixedTau
 from uda.baselines import MCD, UDABatch
 from uda.baselines.mcd import class_balance_entropy, classifier_discrepancy
-from uda.harmonizers import GH, Harmonizer
+from uda.harmonizers import GH
 from uda.models import LeNet
 from uda.module import EngineOptions, UDAModule
 
@@ -82,18 +83,6 @@ def run_stage(m: UDAModule, name: str):
 def test_each_stage_changes_exactly_its_modules(stage: str, expected: set[str]) -> None:
     changed, _ = run_stage(mcd_module(GH()), stage)
     assert changed == expected
-
-
-class FixedTau(Harmonizer):
-    """Records the Gram matrix it is given and returns fixed weights, to check where tau lands."""
-
-    def __init__(self, tau: tuple[float, float]) -> None:
-        self.tau = tau
-        self.seen: list[torch.Tensor] = []
-
-    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
-        self.seen.append(gram.clone())
-        return torch.tensor(self.tau, dtype=gram.dtype)
 
 
 def maximize_batch() -> UDABatch:

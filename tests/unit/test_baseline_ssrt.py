@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from tests.unit.harmonizer_fakes import FixedTau
 from uda.baselines import UDABatch
 from uda.baselines.safe_training import SafeTraining, chunk_means, diversity_dropped
 from uda.baselines.ssrt import (
@@ -19,7 +20,6 @@ from uda.baselines.ssrt import (
     vit_features,
 )
 from uda.errors import ConfigError
-from uda.harmonizers import Harmonizer
 from uda.models import LeNet, TimmBackbone
 from uda.module import EngineOptions, UDAModule
 
@@ -292,18 +292,6 @@ def test_safe_training_state_survives_a_checkpoint() -> None:
 
 
 # --------------------------------------------------------------------- harmonized step
-class FixedTau(Harmonizer):
-    """Records the Gram matrix it is given and returns fixed weights, to check where tau lands."""
-
-    def __init__(self, tau: tuple[float, float]) -> None:
-        self.tau = tau
-        self.seen: list[torch.Tensor] = []
-
-    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
-        self.seen.append(gram.clone())
-        return torch.tensor(self.tau, dtype=gram.dtype)
-
-
 def flat_grad(loss: torch.Tensor, params: list) -> torch.Tensor:
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return torch.cat(
