@@ -147,19 +147,47 @@ def _coef_tensor(coefs: Sequence[float] | Tensor | None, m: int, like: Tensor) -
     return coef_t
 
 
+def _per_group(harmonizer: Harmonizer | Sequence[Harmonizer], n_groups: int) -> list[Harmonizer]:
+    """One harmonizer per group: a single instance serves every group (fine for stateless methods);
+    stateful ones (GradVac's EMA, ...) are given one instance per group by the caller."""
+    if isinstance(harmonizer, Harmonizer):
+        return [harmonizer] * n_groups
+    harmonizers = list(harmonizer)
+    if len(harmonizers) != n_groups:
+        raise ValueError(f"expected one harmonizer per harmonized group ({n_groups}), got {len(harmonizers)}")
+    return harmonizers
+
+
+def gram_matrix(flat: Tensor) -> Tensor:
+    """K = G Gᵀ of the ``(m, P)`` gradient rows, in float32 or wider and outside autocast.
+
+    Under ``torch.autocast`` a matmul runs in bf16/fp16, which puts ~0.5 % of error into tau (the
+    precision rule of DESIGN.md): the Gram matrix is always formed at full precision.
+    """
+    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        return work @ work.T
+
+
 def harmonize_groups(
     gram: Tensor,
-    harmonizer: Harmonizer,
+    harmonizer: Harmonizer | Sequence[Harmonizer],
     coefs: Tensor,
     groups: Sequence[Sequence[int]] | None,
     weighted: bool,
 ) -> tuple[Tensor, Tensor, tuple[tuple[int, ...], ...]]:
-    """tau (m,) and the block coefficient matrix A (m, m) for the given harmonized groups."""
+    """tau (m,) and the block coefficient matrix A (m, m) for the given harmonized groups.
+
+    ``harmonizer`` is one instance for every group, or a sequence with one instance per group (so a
+    stateful method keeps one state per harmonized pair, e.g. GVB's two pairs).
+    """
     m = gram.shape[0]
-    group_idx = default_groups(m, harmonizer) if groups is None else tuple(tuple(g) for g in groups)
+    first = harmonizer if isinstance(harmonizer, Harmonizer) else next(iter(harmonizer))
+    group_idx = default_groups(m, first) if groups is None else tuple(tuple(g) for g in groups)
+    per_group = _per_group(harmonizer, len(group_idx))
     pair = torch.eye(m, dtype=gram.dtype, device=gram.device)
     seen: set[int] = set()
-    for group in group_idx:
+    for group, group_harmonizer in zip(group_idx, per_group, strict=True):
         if seen & set(group):
             raise ValueError(f"a loss appears in more than one harmonized group: {group_idx}")
         seen |= set(group)
@@ -168,7 +196,7 @@ def harmonize_groups(
         if weighted:
             c = coefs.index_select(0, idx)
             sub = sub * torch.outer(c, c)
-        block = harmonizer.coefficients(sub)
+        block = group_harmonizer.coefficients(sub)
         pair[idx.unsqueeze(1), idx.unsqueeze(0)] = block
     return pair.sum(dim=0), pair, group_idx
 
@@ -216,7 +244,7 @@ def loss_gradients(
 def harmonized_backward(
     losses: Sequence[Tensor],
     params: Iterable[Tensor],
-    harmonizer: Harmonizer,
+    harmonizer: Harmonizer | Sequence[Harmonizer],
     *,
     coefs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
@@ -232,7 +260,7 @@ def harmonized_backward(
     Args:
         losses: scalar losses L_1..L_m, each reachable from (some of) ``params``.
         params: the parameters the optimizer will step; their ``.grad`` receives the update.
-        harmonizer: maps the Gram matrix to weights tau.
+        harmonizer: maps the Gram matrix to weights tau; one instance, or one per group in ``groups``.
         coefs: trade-off coefficients (default 1). The update is Σ_i coef_i tau_i g_i.
         groups: which losses are harmonized together, as index tuples whose first index is loss "1"
             (GH++ favours it). Losses outside every group keep tau = 1. Default: all losses, one group.
@@ -274,23 +302,25 @@ def harmonized_backward(
     n_scope = n_updated_scope + sum(p.numel() for p in probe_only)
 
     flat = loss_gradients(losses, updated_scope + probe_only + outside, retain_graph=retain_graph, batched=batched)
-    if reduce is not None:
-        flat = reduce(flat)
-    gram = flat[:, :n_scope] @ flat[:, :n_scope].T
+    # Everything from here on is bookkeeping of exact numbers: never under autocast (see gram_matrix).
+    with torch.autocast(device_type=device.type, enabled=False):
+        if reduce is not None:
+            flat = reduce(flat)
+        gram = gram_matrix(flat[:, :n_scope])
 
-    coef_t = _coef_tensor(coefs, m, flat)
-    tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
+        coef_t = _coef_tensor(coefs, m, flat)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
 
-    # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
-    w_all = coef_t * tau
-    n_outside = flat.shape[1] - n_scope
-    update = torch.empty(n_updated_scope + n_outside, dtype=dtype, device=device)
-    if n_updated_scope:
-        torch.mv(flat[:, :n_updated_scope].T, w_all, out=update[:n_updated_scope])
-    if n_outside:
-        w_rest = w_all if tau_scope == "all" else coef_t
-        torch.mv(flat[:, n_scope:].T, w_rest, out=update[n_updated_scope:])
-    del flat
+        # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
+        w_all = coef_t * tau
+        n_outside = flat.shape[1] - n_scope
+        update = torch.empty(n_updated_scope + n_outside, dtype=dtype, device=device)
+        if n_updated_scope:
+            torch.mv(flat[:, :n_updated_scope].T, w_all, out=update[:n_updated_scope])
+        if n_outside:
+            w_rest = w_all if tau_scope == "all" else coef_t
+            torch.mv(flat[:, n_scope:].T, w_rest, out=update[n_updated_scope:])
+        del flat
 
     offset = 0
     for p in updated_scope + outside:
@@ -314,7 +344,7 @@ def harmonized_backward(
 def feature_space_backward(
     losses: Sequence[Tensor],
     features: Tensor,
-    harmonizer: Harmonizer,
+    harmonizer: Harmonizer | Sequence[Harmonizer],
     *,
     coefs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
@@ -346,19 +376,22 @@ def feature_space_backward(
         else:
             gz = torch.zeros_like(features)
         rows.append(gz.reshape(-1))
-    flat = torch.stack(rows)
-    gram = flat @ flat.T
-    if reduce_gram is not None:
-        gram = reduce_gram(gram)
     if tau_scope not in ("all", "gram"):
         raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
-    coef_t = _coef_tensor(coefs, m, flat)
-    tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
-    if tau_scope == "all":
+    # features under autocast are bf16/fp16: the geometry is computed in float32 outside autocast
+    flat = torch.stack(rows)
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        gram = gram_matrix(flat)
+        if reduce_gram is not None:
+            gram = reduce_gram(gram)
+        coef_t = _coef_tensor(coefs, m, flat)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
+        weighted_gz = None if tau_scope == "all" else ((coef_t * tau) @ flat).view_as(features)
+    if weighted_gz is None:
         total = sum(w * loss for w, loss in zip(coef_t * tau, losses, strict=True))
         (backward or Tensor.backward)(total)
     else:
-        weighted_gz = ((coef_t * tau) @ flat).view_as(features)
         handle = features.register_hook(lambda grad: weighted_gz.to(grad.dtype))
         try:
             (backward or Tensor.backward)(sum(c * loss for c, loss in zip(coef_t, losses, strict=True)))
@@ -400,7 +433,7 @@ def three_pass_backward(
         loss.backward(retain_graph=True)
         rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in scope]))
     flat = torch.stack(rows)
-    tau = harmonizer.weights(flat @ flat.T)
+    tau = harmonizer.weights(gram_matrix(flat))
     for p in touched:
         p.grad = None
     total = sum(c * t * loss for c, t, loss in zip(coefs, tau, losses, strict=True))
