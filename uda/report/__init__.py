@@ -6,7 +6,9 @@ over seeds, paper numbers beside) + plots").
 
 Modules: :mod:`~uda.report.runs` (find finished and failed runs, model selections),
 :mod:`~uda.report.paper` (the GH paper's numbers under our names), :mod:`~uda.report.table` (rows, avg rows,
-markdown, CSV), :mod:`~uda.report.plots` (λ sensitivity, conflict rates), :mod:`~uda.report.cli`.
+markdown, CSV), :mod:`~uda.report.plots` (λ sensitivity, conflict rates), :mod:`~uda.report.paired` (paired
+differences to ``none`` over seeds, 95 % t intervals), :mod:`~uda.report.curves` (learning curves from the CSV
+logs), :mod:`~uda.report.cli`.
 Only runs that finished write ``summary.json``; failed or diverged runs are listed, never averaged in.
 """
 

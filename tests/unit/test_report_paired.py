@@ -1,0 +1,112 @@
+"""Paired differences over seeds (hand-computed t intervals) and learning curves read from CSV logs."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.unit.test_report import fake_run
+from uda.report import collect, main
+from uda.report.curves import plot_learning_curves, read_curve
+from uda.report.paired import paired_differences, paired_interval, t_975
+
+
+def test_t_quantiles_match_the_printed_table(monkeypatch) -> None:
+    # Student's t, two-sided 95 %: the standard table's values (scipy when installed)
+    for df, t in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert t_975(df) == pytest.approx(t, abs=1e-3)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # as if scipy were not installed: the table
+    assert (t_975(2), t_975(4)) == (4.303, 2.776)
+    assert t_975(35) == 2.042 and t_975(59) == 2.021 and t_975(500) == 1.980  # the next smaller df of the table
+    with pytest.raises(ValueError, match="at least one degree of freedom"):
+        t_975(0)
+
+
+def test_paired_interval_by_hand() -> None:
+    # d = 2, 1, 3: mean 2, std 1, half-width t(2) / sqrt(3) = 4.303 / 1.7320508 = 2.48434
+    unresolved = paired_interval([2.0, 1.0, 3.0])
+    assert (unresolved.n, unresolved.mean, unresolved.std) == (3, 2.0, 1.0)
+    assert unresolved.low == pytest.approx(2.0 - 2.48434, abs=1e-3)  # the table rounds t to 3 decimals
+    assert unresolved.high == pytest.approx(2.0 + 2.48434, abs=1e-3)
+    assert not unresolved.resolved
+    # d = 1, 1.2, .8, 1, 1: mean 1, variance (.04 + .04) / 4 = .02, half-width 2.776 * sqrt(.02 / 5) = .17557
+    resolved = paired_interval([1.0, 1.2, 0.8, 1.0, 1.0])
+    assert resolved.std == pytest.approx(math.sqrt(0.02))
+    assert (resolved.low, resolved.high) == (pytest.approx(0.82443, abs=1e-4), pytest.approx(1.17557, abs=1e-4))
+    assert resolved.resolved
+    single = paired_interval([0.5])
+    assert single.n == 1 and single.mean == 0.5 and math.isnan(single.low) and not single.resolved
+
+
+def _study(root: Path) -> None:
+    """cdan none/gh over seeds 0-2 (+ a gh seed 3 without a none partner), ghpp on 5 seeds, source_only."""
+    for seed, (none, gh) in enumerate(((0.90, 0.92), (0.92, 0.93), (0.94, 0.97))):
+        fake_run(root, f"cdan/none/{seed}", baseline="cdan", harmonizer="none", seed=seed, target_acc_last=none)
+        fake_run(root, f"cdan/gh/{seed}", baseline="cdan", harmonizer="gh", seed=seed, target_acc_last=gh)
+    fake_run(root, "cdan/gh/3", baseline="cdan", harmonizer="gh", seed=3, target_acc_last=0.5)
+    for seed, acc in enumerate((0.80, 0.81, 0.82)):
+        fake_run(root, f"so/{seed}", baseline="source_only", harmonizer="none (no-op)", seed=seed, target_acc_last=acc)
+
+
+def test_each_harmonizer_against_none_on_common_seeds(tmp_path: Path) -> None:
+    _study(tmp_path)
+    differences = {(d.method, d.reference): d for d in paired_differences(collect(tmp_path), "last")}
+    gh = differences[("cdan + gh", "cdan + none")]
+    assert gh.seeds == (0, 1, 2)  # seed 3 has no none run
+    assert gh.interval.mean == pytest.approx(2.0) and gh.interval.std == pytest.approx(1.0)
+    assert gh.verdict == "not resolved (interval includes 0)"
+    # adaptation against source_only: d = 10, 11, 12 -> mean 11, std 1, interval 11 ± 2.484: real
+    adaptation = differences[("cdan + none", "source_only")]
+    assert adaptation.interval.mean == pytest.approx(11.0) and adaptation.verdict == "real: higher"
+    assert adaptation.interval.low == pytest.approx(11.0 - 2.48434, abs=1e-3)
+    assert set(differences) == {("cdan + gh", "cdan + none"), ("cdan + none", "source_only")}
+
+
+def test_report_ends_with_the_paired_section_and_writes_paired_csv(tmp_path: Path, capsys) -> None:
+    _study(tmp_path / "runs")
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    section = out[out.index("## Paired differences over seeds") :]
+    assert (
+        "| mnist→usps | cdan + gh | cdan + none | 3 | 0,1,2 | +2.00 | 1.00 | [-0.48, +4.48] | not resolved" in section
+    )
+    assert (
+        "| mnist→usps | cdan + none | source_only | 3 | 0,1,2 | +11.00 | 1.00 | [+8.52, +13.48] | real: higher"
+        in section
+    )
+    paired = pd.read_csv(tmp_path / "report" / "paired.csv")
+    assert list(paired["method"]) == ["cdan + gh", "cdan + none"] and set(paired["selection"]) == {"last"}
+    assert paired["ci95_high"].iloc[0] == pytest.approx(4.48434, abs=1e-3)
+
+
+def _metrics(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["epoch", "step", "target/acc", "train/iteration"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+
+
+def test_learning_curve_joins_evaluations_to_iterations(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "cdan"
+    fake_run(tmp_path / "runs", "cdan", harmonizer="none")
+    # Lightning's CSV rows: training rows (step, train/iteration), evaluation rows (epoch, step, target/acc)
+    train = [{"step": s, "train/iteration": s + 1} for s in range(6)]
+    evals = [{"epoch": 0, "step": 2, "target/acc": 0.5}, {"epoch": 1, "step": 5, "target/acc": 0.7}]
+    _metrics(run / "csv" / "metrics.csv", train + evals)
+    # the interrupted attempt of a resumed run evaluated iteration 3 too; the resumed value wins
+    _metrics(run / "csv" / "metrics.before_resume_1.csv", train[:3] + [{"epoch": 0, "step": 2, "target/acc": 0.4}])
+    curve = read_curve(run)
+    assert curve["iteration"].tolist() == [3, 6] and curve["target_acc"].tolist() == [0.5, 0.7]
+    assert read_curve(tmp_path / "nowhere") is None
+    runs = collect(tmp_path / "runs")
+    assert plot_learning_curves(runs, tmp_path / "runs", tmp_path / "curves.png") is None
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 100
+    fake_run(tmp_path / "bare", "a")
+    assert "no learning curves" in plot_learning_curves(
+        collect(tmp_path / "bare"), tmp_path / "bare", tmp_path / "x.png"
+    )
