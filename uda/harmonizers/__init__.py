@@ -15,6 +15,9 @@ gradients); see each class for the paper equation it implements.
 from uda.harmonizers.aligned_mtl import AlignedMTL
 from uda.harmonizers.base import Harmonizer
 from uda.harmonizers.cagrad import CAGrad
+from uda.harmonizers.config import ConFIG, ConFIGMomentum
+from uda.harmonizers.dbmtl import DBMTL
+from uda.harmonizers.dualproj import DualProj
 from uda.harmonizers.engine import (
     GradStats,
     feature_space_backward,
@@ -22,6 +25,9 @@ from uda.harmonizers.engine import (
     loss_gradients,
     three_pass_backward,
 )
+from uda.harmonizers.fairgrad import FairGrad
+from uda.harmonizers.famo import FAMO
+from uda.harmonizers.flip import SignFlip
 from uda.harmonizers.gh import GH
 from uda.harmonizers.ghpp import GHPP, GHPPRotation
 from uda.harmonizers.gradvac import GradVac
@@ -31,14 +37,21 @@ from uda.harmonizers.nash_mtl import NashMTL
 from uda.harmonizers.none import NoHarmonizer
 from uda.harmonizers.pcgrad import PCGrad
 from uda.harmonizers.prograd import ProGrad
+from uda.harmonizers.upgrad import UPGrad
 
 __all__ = [
+    "DBMTL",
+    "FAMO",
     "GH",
     "GHPP",
     "IMTLG",
     "MGDA",
     "AlignedMTL",
     "CAGrad",
+    "ConFIG",
+    "ConFIGMomentum",
+    "DualProj",
+    "FairGrad",
     "GHPPRotation",
     "GradStats",
     "GradVac",
@@ -48,6 +61,8 @@ __all__ = [
     "NoHarmonizer",
     "PCGrad",
     "ProGrad",
+    "UPGrad",
+    "SignFlip",
     "harmonized_backward",
     "loss_gradients",
     "three_pass_backward",
