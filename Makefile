@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # this machine's pip config lists local package folders that may not exist; their warnings are noise
 PIP_QUIET := grep -v "^WARNING: Location '.*' is ignored" || true
 
-.PHONY: help install run test test-slow bench study report lint format clean
+.PHONY: help install run test test-slow bench study study-digits report lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,9 +31,14 @@ bench: ## Benchmarks (harmonizer overhead, data throughput) -> benchmarks/result
 	$(PY) benchmarks/harmonizer_overhead.py
 	$(PY) benchmarks/data_throughput.py
 
-RUNS ?= logs/study
-OUT ?= benchmarks/results/digits_study
-study: ## The README's offline-digits study + GH++ lambda sweep (CPU, hours on 2 cores) -> logs/study/{digits,lambda}
+RUNS ?= logs/study/fonts
+OUT ?= benchmarks/results/fonts_study
+study: ## The README's fonts->mnist study, 5 seeds, resumable (CPU, days on 2 cores) -> logs/study/fonts
+	PY=$(PY) benchmarks/fonts_study.sh source_only cdan
+	PY=$(PY) benchmarks/fonts_study.sh dann
+	PY=$(PY) benchmarks/fonts_study.sh mcd
+
+study-digits: ## The earlier MNIST<->UCI study + GH++ lambda sweep (CPU, hours) -> logs/study/{digits,lambda}
 	PY=$(PY) benchmarks/digits_study.sh
 	PY=$(PY) benchmarks/lambda_study.sh
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The fonts->mnist study (README): source-only, then CDAN+E, DANN and MCD x {none, gh, ghpp, mgda} x 5 seeds.
+# Synthetic-to-real: digits rendered with matplotlib's fonts -> 5,000 real MNIST digits (offline, CPU only).
+#
+# Every run is one `run.py` call with its own directory, $OUT/<task>/<baseline>/<harmonizer>/seed<k>, so a
+# run lands as soon as it finishes and an interrupted study loses at most the run in progress: a run
+# with summary.json is skipped, and a run stopped part-way resumes from its last checkpoint (ckpt_path=last,
+# exact resume). Order: seed by seed over the baselines given (every harmonizer of a seed before the next
+# seed), so the paired differences to `none` gain a seed at a time; `make study` runs
+# `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
+#
+# Length: source-only, CDAN+E and DANN run 5000 iterations (eval every 250); MCD 10000 (each iteration is
+# 1 + 1 + num_k=4 optimizer steps; on MNIST<->UCI it was still improving at 600). Report:
+#   make report RUNS=logs/study/fonts OUT=benchmarks/results/fonts_study
+# Usage: benchmarks/fonts_study.sh baseline [baseline ...]   (source_only, cdan, dann, mcd, ...)
+# Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp mgda", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
+#      NICE=19 (the study yields the CPU to everything else), PY=.venv/bin/python, STOP_FILE (see below),
+#      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test).
+# A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-logs/study/fonts}
+SEEDS=${SEEDS:-0 1 2 3 4}
+HARMONIZERS=${HARMONIZERS:-none gh ghpp mgda}
+SOURCE=${SOURCE:-fonts}
+TARGET=${TARGET:-mnist}
+NICE=${NICE:-19}
+STOP_FILE=${STOP_FILE:-$OUT/STOP}
+baselines=("$@")
+if [ ${#baselines[@]} -eq 0 ]; then
+  echo "usage: $0 baseline [baseline ...]   e.g. $0 source_only cdan" >&2
+  exit 2
+fi
+
+iterations() {
+  if [ -n "${ITERATIONS:-}" ]; then  # a smoke test: ITERATIONS=4 EVAL_EVERY=2
+    echo "iterations=$ITERATIONS eval_every=${EVAL_EVERY:-$ITERATIONS}"
+    return
+  fi
+  case "$1" in
+    mcd) echo "iterations=10000 eval_every=500" ;;
+    *) echo "iterations=5000 eval_every=250" ;;
+  esac
+}
+
+one_run() {  # baseline harmonizer seed
+  local dir="$OUT/${SOURCE}_${TARGET}/$1/$2/seed$3"
+  if [ -f "$dir/summary.json" ]; then
+    echo "done already: $dir"
+    return 0
+  fi
+  if [ -e "$STOP_FILE" ]; then
+    echo "stop file $STOP_FILE found: not starting $dir"
+    exit 0
+  fi
+  mkdir -p "$dir"
+  echo "$(date -u +%FT%TZ) start $dir"
+  # shellcheck disable=SC2046  # iterations prints two overrides
+  if nice -n "$NICE" "$PY" run.py baseline="$1" harmonizer="$2" seed="$3" dataset.source="$SOURCE" \
+    dataset.target="$TARGET" $(iterations "$1") ckpt_path=last logger=csv trainer.enable_progress_bar=false \
+    hydra.run.dir="$dir" >"$dir/stdout.log" 2>&1; then
+    echo "$(date -u +%FT%TZ) finished $dir"
+  else
+    # uda.report lists a directory with error.txt and no summary.json as a failed run
+    [ -f "$dir/error.txt" ] || tail -n 1 "$dir/stdout.log" >"$dir/error.txt"
+    echo "$(date -u +%FT%TZ) FAILED $dir (see $dir/stdout.log)"
+  fi
+}
+
+for seed in $SEEDS; do
+  for baseline in "${baselines[@]}"; do
+    if [ "$baseline" = source_only ]; then
+      one_run source_only none "$seed"  # one loss: every harmonizer is a no-op
+    else
+      for harmonizer in $HARMONIZERS; do
+        one_run "$baseline" "$harmonizer" "$seed"
+      done
+    fi
+  done
+done
