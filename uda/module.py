@@ -21,6 +21,7 @@ from uda.data.datamodule import EVAL_SETS
 from uda.errors import ConfigError, DivergenceError
 from uda.harmonizers import GradStats, Harmonizer, NoHarmonizer, feature_space_backward, harmonized_backward
 from uda.optim import base_lr, param_groups
+from uda.record import ConflictCounter, select
 
 GRAD_SPACES = ("params", "features")
 
@@ -302,14 +303,10 @@ class UDAModule(L.LightningModule):
 
     def _count_conflicts(self) -> None:
         """Accumulate the summary's conflict rates over the first harmonized group (no host sync)."""
+        counter = ConflictCounter(self.conflict_counts)
         for item in self.step_stats:
             if (item.stage, item.group) == self._harmonized[0]:
-                i, j = item.stats.groups[item.group][:2]
-                s = item.stats
-                flags = torch.stack(
-                    [torch.ones_like(s.gram[0, 0]), s.conflict(i, j), s.conflict_after(), s.pair_conflict_after(i, j)]
-                )
-                self.conflict_counts += flags.to(self.conflict_counts)
+                counter.add(item.stats, item.group)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._t0 = time.perf_counter()
@@ -372,9 +369,9 @@ class UDAModule(L.LightningModule):
     def results(self) -> dict[str, Any]:
         """Last and best (oracle) target accuracy, conflict rates and speed, as plain Python values."""
         out: dict[str, Any] = {"iterations": self.iteration}
-        if self.history:
-            last = self.history[-1]
-            best = max(self.history, key=lambda r: r["target/acc"])
+        chosen = select(self.history)
+        last, best, source_val = chosen["last"], chosen["best_target"], chosen["source_val"]
+        if last is not None:
             out.update(
                 {
                     "target_acc_last": last["target/acc"],
@@ -384,19 +381,12 @@ class UDAModule(L.LightningModule):
                     "target_acc_best_iteration": best["iteration"],
                 }
             )
-            scored = [r for r in self.history if r.get("source/acc") is not None]
-            if scored:
-                # model selection without target labels: the evaluation with the best source accuracy
-                # (the latest one on ties, i.e. the most trained model among equals)
-                chosen = max(reversed(scored), key=lambda r: r["source/acc"])
-                out["target_acc_source_val"] = chosen["target/acc"]
-                out["source_val_iteration"] = chosen["iteration"]
-                out["source_acc_best"] = chosen["source/acc"]
-        n, before, after, pair_after = self.conflict_counts.tolist()
-        out["monitored_steps"] = int(n)
-        out["conflict_rate"] = before / n if n else None
-        out["conflict_rate_after"] = after / n if n else None
-        out["pair_conflict_rate_after"] = pair_after / n if n else None
+            if source_val is not None:
+                # model selection without target labels (uda.record.select)
+                out["target_acc_source_val"] = source_val["target/acc"]
+                out["source_val_iteration"] = source_val["iteration"]
+                out["source_acc_best"] = source_val["source/acc"]
+        out.update(ConflictCounter(self.conflict_counts).rates())
         timed = self._train_iters_timed
         out["sec_per_iter"] = self.train_seconds / timed if timed else None
         out["engine"] = asdict(self.engine)

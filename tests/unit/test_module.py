@@ -113,3 +113,19 @@ def test_harmonizer_state_and_counters_survive_a_checkpoint() -> None:
     assert restored.iteration == 7 and restored.history == m.history
     assert restored.conflict_counts.tolist() == [4.0, 2.0, 0.0, 1.0]
     assert restored.results()["conflict_rate"] == 0.5
+
+
+def test_results_report_the_selected_evaluations_and_the_counted_rates() -> None:
+    m = module()
+    m.history = [
+        {"iteration": 2, "target/acc": 0.4, "source/acc": 0.9},
+        {"iteration": 4, "target/acc": 0.7, "source/acc": 0.6},
+        {"iteration": 6, "target/acc": 0.5, "source/acc": 0.8},
+    ]
+    m.conflict_counts += torch.tensor([4.0, 3.0, 1.0, 2.0], dtype=torch.float64)
+    out = m.results()
+    assert (out["target_acc_last"], out["source_acc_last"]) == (0.5, 0.8)
+    assert (out["target_acc_best"], out["target_acc_best_iteration"]) == (0.7, 4)
+    assert (out["target_acc_source_val"], out["source_val_iteration"], out["source_acc_best"]) == (0.4, 2, 0.9)
+    assert out["monitored_steps"] == 4 and out["conflict_rate"] == 0.75
+    assert out["conflict_rate_after"] == 0.25 and out["pair_conflict_rate_after"] == 0.5
