@@ -15,7 +15,8 @@
 # Usage: benchmarks/fonts_study.sh baseline [baseline ...]   (source_only, cdan, dann, mcd, ...)
 # Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp mgda", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
 #      NICE=19 (the study yields the CPU to everything else), PY=.venv/bin/python, STOP_FILE (see below),
-#      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test).
+#      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test),
+#      OMP_NUM_THREADS=1 (threads per run).
 # A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -26,6 +27,9 @@ SOURCE=${SOURCE:-fonts}
 TARGET=${TARGET:-mnist}
 NICE=${NICE:-19}
 STOP_FILE=${STOP_FILE:-$OUT/STOP}
+# one intra-op thread per run: a LeNet batch gains little from two, and on a shared, oversubscribed machine
+# OpenMP threads waiting on each other waste the CPU the study is meant to take only when idle
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 baselines=("$@")
 if [ ${#baselines[@]} -eq 0 ]; then
   echo "usage: $0 baseline [baseline ...]   e.g. $0 source_only cdan" >&2
