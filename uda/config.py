@@ -10,8 +10,6 @@ from omegaconf import DictConfig
 
 from uda.errors import ConfigError
 
-HALF_PRECISION = ("16", "16-mixed", "fp16", "16-true")
-
 #: summary values a sweeper may optimize; the target_acc_* ones use target labels (an explicit oracle choice)
 OPTIMIZABLE = ("source_acc_best", "source_acc_last", "target_acc_last", "target_acc_source_val", "target_acc_best")
 
@@ -84,27 +82,12 @@ def validate(cfg: DictConfig) -> None:
             f"lr_mult.{group}={mult!r} is invalid: learning-rate multipliers must be non-negative numbers",
         )
 
-    lam = _number(cfg, "harmonizer.lam")
-    if lam is not None:
-        _require(
-            isinstance(lam, Real) and 0.0 <= lam <= 1.0,
-            f"harmonizer.lam={lam!r} is outside [0, 1]: it is the GH++ trade-off, "
-            "e.g. harmonizer.lam=0.5 (the paper's value)",
-        )
     trade_off = _number(cfg, "baseline.trade_off")
     if trade_off is not None:
         _require(
             isinstance(trade_off, Real) and trade_off >= 0,
             f"baseline.trade_off={trade_off!r} is invalid: the alignment weight must be a non-negative number",
         )
-
-    precision = str(_number(cfg, "trainer.precision"))
-    harmonizer_target = str(_number(cfg, "harmonizer._target_"))
-    _require(
-        precision not in HALF_PRECISION or harmonizer_target.endswith("NoHarmonizer"),
-        f"trainer.precision={precision} is not supported with a harmonizer (the engine writes gradients "
-        "itself, which a float16 loss scaler cannot see); use trainer.precision=bf16-mixed or 32-true",
-    )
 
 
 def _check_domains(cfg: DictConfig) -> None:
@@ -116,10 +99,17 @@ def _check_domains(cfg: DictConfig) -> None:
     domains = getattr(datamodule_cls, "domains", ())
     resolve = getattr(datamodule_cls, "resolve_domain", lambda name: name if name in domains else None)
     choices = getattr(datamodule_cls, "domain_choices", lambda: ", ".join(domains))
+    resolved = {}
     for role in ("source", "target"):
         value = _number(cfg, f"dataset.{role}")
+        resolved[role] = resolve(value) if domains else value
         _require(
-            not domains or resolve(value) is not None,
+            not domains or resolved[role] is not None,
             f"dataset.{role}={value!r} is not a domain of {getattr(datamodule_cls, 'name', target)}; "
             f"choose one of: {choices()}",
         )
+    _require(
+        resolved["source"] is None or resolved["source"] != resolved["target"],
+        f"dataset.source and dataset.target are both {resolved['source']!r}: domain adaptation needs two "
+        f"different domains; choose another dataset.target (domains: {choices() if domains else 'see the dataset'})",
+    )

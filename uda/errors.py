@@ -9,8 +9,9 @@ class UserError(Exception):
     """An error the user can fix (bad config, missing data, diverged run); its message is shown as is."""
 
 
-class ConfigError(UserError):
-    """A configuration value is invalid; raised before training starts."""
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; raised before training starts (also a ValueError, so plain
+    PyTorch users of a harmonizer or the engine can catch it as one)."""
 
 
 class DataError(UserError):

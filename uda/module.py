@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -114,6 +115,7 @@ class UDAModule(L.LightningModule):
         self.lr_mult = dict(lr_mult or {})
         self.engine = engine or EngineOptions()
         self._check_lr_mult()
+        self._check_harmonizer_acts()
         self._groups = {stage.name: self._ordered_groups(stage) for stage in baseline.stages}
 
         self.iteration = 0
@@ -131,6 +133,13 @@ class UDAModule(L.LightningModule):
         self._train_iters_timed = 0
         self._t0: float | None = None
         self._harmonized = [(s.name, k) for s in baseline.stages for k in range(len(s.harmonize))]
+        # One harmonizer instance per harmonized group: stateful methods (GradVac's EMA target, momentum
+        # variants) must not mix the statistics of different pairs (e.g. GVB's two pairs). Checkpointed.
+        self.group_harmonizers: dict[str, list[Harmonizer]] = {
+            s.name: [copy.deepcopy(harmonizer) for _ in s.harmonize] for s in baseline.stages
+        }
+        #: optimizer steps skipped by the float16 GradScaler because a gradient overflowed
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ setup
     @property
@@ -146,6 +155,30 @@ class UDAModule(L.LightningModule):
                 f"lr_mult names unknown parameter groups {unknown}; {self.baseline.name} has: "
                 f"{', '.join(sorted(names))}"
             )
+
+    def _check_harmonizer_acts(self) -> None:
+        """Refuse a setting in which tau multiplies no parameter a harmonized stage steps (a silent no-op).
+
+        With ``tau_scope=gram`` tau reaches only the Gram scope (params space) or the parameters below
+        the shared features (feature space); a stage that steps none of those (MCD's step B steps the
+        classifiers while the Gram is over the generator) would report a harmonizer that did nothing.
+        """
+        if isinstance(self.harmonizer, NoHarmonizer):
+            return
+        groups = self.baseline.optimizer_groups()
+        for stage in self.baseline.stages:
+            if not stage.harmonize or (self.engine.tau_scope or stage.tau_scope) != "gram":
+                continue
+            stepped = {id(p) for name in stage.optimizers for ps in groups[name].values() for p in ps}
+            scope = "shared" if self.engine.grad_space == "features" else self.engine.scope
+            reached = {id(p) for p in self.baseline.scope_parameters(scope, stage.name)}
+            if not stepped & reached:
+                where = "below the shared features" if scope == "shared" else f"in its Gram scope ({scope})"
+                raise ConfigError(
+                    f"with engine.tau_scope=gram, {self.baseline.name} stage {stage.name!r} steps no parameter "
+                    f"{where}, so {self.harmonizer.name} would change nothing in that stage; use "
+                    "engine.tau_scope=all (the official placement) or engine.grad_space=params"
+                )
 
     def _ordered_groups(self, stage: Stage) -> tuple[tuple[str, ...], ...]:
         """The stage's harmonized groups, with ``engine.upweight`` moved to the front where present."""
@@ -235,19 +268,20 @@ class UDAModule(L.LightningModule):
             stats = feature_space_backward(
                 [losses[n] for n in names],
                 features,
-                self.harmonizer,
+                self.group_harmonizers[stage.name],
                 coefs=coefs,
                 groups=groups,
                 weighted=weighted,
                 tau_scope=self.engine.tau_scope or stage.tau_scope,
                 reduce_gram=self._all_reduce_feature_gram if distributed else None,
                 backward=self.manual_backward,
+                loss_scale=self._loss_scale(),
             )
         else:
             stats = harmonized_backward(
                 [losses[n] for n in names],
                 self._stage_params(stage),
-                self.harmonizer,
+                self.group_harmonizers[stage.name],
                 coefs=coefs,
                 groups=groups,
                 gram_params=self.baseline.scope_parameters(self.engine.scope, stage.name),
@@ -255,6 +289,7 @@ class UDAModule(L.LightningModule):
                 tau_scope=self.engine.tau_scope or stage.tau_scope,
                 reduce=self._all_reduce_mean if distributed else None,
                 batched=self.engine.batched_grads,
+                loss_scale=self._loss_scale(),
             )
         return [StepStats(stage.name, k, tuple(names[i] for i in g), stats) for k, g in enumerate(stats.groups)]
 
@@ -267,11 +302,39 @@ class UDAModule(L.LightningModule):
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         step_stats = self._backward(stage, out.losses, out.features)
+        scaler = self._scaler()
         for opt in opts:
-            if self.engine.clip_grad_norm is not None:
-                self.clip_gradients(opt, gradient_clip_val=self.engine.clip_grad_norm, gradient_clip_algorithm="norm")
+            scale_before = scaler.get_scale() if scaler is not None else None
+            # clipping happens in on_before_optimizer_step, after the GradScaler has unscaled the gradients
             opt.step()
+            if scaler is not None and scaler.get_scale() < scale_before:
+                # the scaler found inf/NaN in the gradients: it skipped this step and lowered the scale
+                self.skipped_steps += 1
         return out.losses, out.metrics, step_stats
+
+    def _scaler(self) -> Any:
+        """The float16 GradScaler of the precision plugin (``16-mixed``), else None."""
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def _loss_scale(self) -> Tensor | None:
+        """The GradScaler's current scale as a device tensor (no host sync), or None without a scaler.
+
+        The engine takes per-loss gradients of the *scaled* losses (as ``manual_backward`` would, so
+        float16 gradients do not underflow and ``.grad`` is on the scale the scaler unscales), and forms
+        the Gram matrix from the unscaled gradients.
+        """
+        scaler = self._scaler()
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return scaler.scale(torch.ones((), device=self.device))
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Clip the total gradient norm of this optimizer's step; called after the GradScaler's unscale_."""
+        if self.engine.clip_grad_norm is None:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.engine.clip_grad_norm)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         x_s, y_s = batch["source"]
@@ -338,7 +401,9 @@ class UDAModule(L.LightningModule):
         self.history.append(record)
         best = max(self.history, key=lambda r: r["target/acc"])
         results["target/acc_best"] = best["target/acc"]
-        self.log_dict(results, on_step=False, on_epoch=True)
+        # the torchmetrics values are already global (synced over ranks): sync_dist averages equal numbers
+        # and keeps Lightning from warning about unsynced epoch-level metrics under DDP
+        self.log_dict(results, on_step=False, on_epoch=True, sync_dist=True)
 
     # ----------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -346,7 +411,10 @@ class UDAModule(L.LightningModule):
             "iteration": self.iteration,
             "history": self.history,
             "conflict_counts": self.conflict_counts.cpu(),
-            "harmonizer": self.harmonizer.state_dict(),
+            "harmonizers": {
+                stage: [h.state_dict() for h in harmonizers] for stage, harmonizers in self.group_harmonizers.items()
+            },
+            "skipped_steps": self.skipped_steps,
             "train_seconds": self.train_seconds,
             "train_iters_timed": self._train_iters_timed,
             # exact resume: the generators dropout, augmentation and the loaders' base seeds draw from
@@ -359,7 +427,10 @@ class UDAModule(L.LightningModule):
         self.history = list(state.get("history", []))
         if "conflict_counts" in state:
             self.conflict_counts = state["conflict_counts"].to(self.conflict_counts)
-        self.harmonizer.load_state_dict(state.get("harmonizer", {}))
+        for stage, states in state.get("harmonizers", {}).items():
+            for harmonizer, group_state in zip(self.group_harmonizers[stage], states, strict=True):
+                harmonizer.load_state_dict(group_state)
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self._train_iters_timed = int(state.get("train_iters_timed", 0))
         if "rng" in state:
@@ -389,5 +460,6 @@ class UDAModule(L.LightningModule):
         out.update(ConflictCounter(self.conflict_counts).rates())
         timed = self._train_iters_timed
         out["sec_per_iter"] = self.train_seconds / timed if timed else None
+        out["skipped_steps"] = self.skipped_steps  # float16 overflow steps the GradScaler did not apply
         out["engine"] = asdict(self.engine)
         return out

@@ -37,7 +37,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def _build(node: Any, what: str, **kwargs: Any) -> Any:
+def build_node(node: Any, what: str, **kwargs: Any) -> Any:
     """``instantiate`` whose failures become one-sentence config errors naming the config group."""
     try:
         return instantiate(node, **kwargs)
@@ -90,22 +90,47 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def dataset_facts(baseline_node: Any, datamodule: Any) -> dict[str, Any]:
+    """What the dataset tells a baseline that names it in its signature: the class names
+    (``dataset_class_names``, for CLIP prompts) and the (source, target) domain names (``dataset_domains``)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    facts = {
+        "dataset_class_names": tuple(datamodule.class_names),
+        "dataset_domains": (datamodule.source, datamodule.target),
+    }
+    try:
+        accepted = inspect.signature(get_class(baseline_node._target_)).parameters
+    except Exception:  # noqa: BLE001 - an unimportable _target_ fails in build_node with its own sentence
+        return {}
+    return {k: v for k, v in facts.items() if k in accepted}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate once; return the summary (also written to ``<output_dir>/summary.json``)."""
     validate(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = _build(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every, seed=cfg.seed)
-    backbone = _build(cfg.backbone, "backbone")
-    baseline = _build(cfg.baseline, "baseline", backbone=backbone, num_classes=datamodule.num_classes)
-    harmonizer = _build(cfg.harmonizer, "harmonizer")
+    # cheapest first, so a bad value fails before any data or weights are loaded
+    harmonizer = build_node(cfg.harmonizer, "harmonizer")
+    datamodule = build_node(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every, seed=cfg.seed)
+    backbone = build_node(cfg.backbone, "backbone")
+    baseline = build_node(
+        cfg.baseline,
+        "baseline",
+        backbone=backbone,
+        num_classes=datamodule.num_classes,
+        **dataset_facts(cfg.baseline, datamodule),
+    )
     engine = EngineOptions(**OmegaConf.to_container(cfg.engine, resolve=True))
     module = UDAModule(
         baseline,
         harmonizer,
-        optimizer=_build(cfg.optimizer, "optimizer"),
-        scheduler=_build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+        optimizer=build_node(cfg.optimizer, "optimizer"),
+        scheduler=build_node(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         lr_mult=OmegaConf.to_container(cfg.lr_mult, resolve=True) if cfg.get("lr_mult") else None,
         engine=engine,
     )
@@ -114,9 +139,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"resuming from {ckpt_path}" if ckpt_path else "ckpt_path=last: no checkpoint yet, training from scratch")
     if ckpt_path:
         keep_previous_csv(_output_dir(cfg))
-    callbacks = [_build(node, "callbacks") for node in (cfg.get("callbacks") or {}).values() if node]
+    callbacks = [build_node(node, "callbacks") for node in (cfg.get("callbacks") or {}).values() if node]
     pinned = _pinned_devices(cfg)
-    trainer = _build(
+    trainer = build_node(
         cfg.trainer,
         "trainer",
         **pinned,
@@ -125,7 +150,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         max_epochs=cfg.iterations // cfg.eval_every,
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if baseline.stages:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:  # an evaluation-only baseline (zeroshot_clip): nothing to train, one evaluation
+        trainer.validate(module, datamodule=datamodule)
 
     choices = _choices()
     summary = {
@@ -138,6 +166,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "harmonizer_name": choices.get("harmonizer", harmonizer.name),
         "harmonizer_params": harmonizer_params(harmonizer),
         "experiment": choices.get("experiment"),
+        # e.g. "not a result: CLIP tiny is randomly initialized ..." (uda.models.clip)
+        "note": getattr(backbone, "note", None),
         "seed": int(cfg.seed),
         **module.results(),
         "model_selection": {

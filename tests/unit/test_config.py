@@ -7,13 +7,12 @@ import pytest
 from uda.config import validate
 from uda.errors import ConfigError
 from uda.loggers import resolve_wandb_mode, wandb_api_key_configured
+from uda.train import build_node
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("harmonizer.lam=1.5", r"harmonizer.lam=1.5 is outside \[0, 1\]"),
-        ("harmonizer.lam=-0.1", r"harmonizer.lam=-0.1 is outside \[0, 1\]"),
         ("optimizer.lr=-0.01", r"optimizer.lr=-0.01 is invalid: the learning rate must be a positive number"),
         ("optimizer.lr=0", r"optimizer.lr=0 is invalid"),
         ("dataset.batch_size=0", r"dataset.batch_size=0 is invalid: it must be a positive integer"),
@@ -23,7 +22,7 @@ from uda.loggers import resolve_wandb_mode, wandb_api_key_configured
         ("iterations=0", r"iterations=0 is invalid"),
         ("baseline.trade_off=-1", r"baseline.trade_off=-1 is invalid"),
         ("lr_mult.backbone=-1", r"lr_mult.backbone=-1 is invalid"),
-        ("trainer.precision=16-mixed", r"trainer.precision=16-mixed is not supported with a harmonizer"),
+        ("dataset.target=mnist", r"dataset.source and dataset.target are both 'mnist': domain adaptation needs two"),
     ],
 )
 def test_bad_values_fail_early_with_one_sentence(train_cfg, override: str, message: str) -> None:
@@ -40,7 +39,25 @@ def test_bad_values_fail_early_with_one_sentence(train_cfg, override: str, messa
 
 def test_default_config_is_valid(train_cfg) -> None:
     validate(train_cfg())
-    validate(train_cfg("harmonizer=none", "trainer.precision=16-mixed"))  # nothing harmonized: fine
+    validate(train_cfg("trainer.precision=16-mixed"))  # the engine works with the float16 GradScaler
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["harmonizer.lam=1.5"], r"harmonizer.lam=1.5 is outside \[0, 1\]: for GH\+\+ it splits the angular"),
+        (["harmonizer.lam=-0.1"], r"harmonizer.lam=-0.1 is outside \[0, 1\]"),
+        (["harmonizer=prograd", "harmonizer.lam=2"], r"harmonizer.lam=2.0 is outside \[0, 1\]: for ProGrad it is the"),
+        (["harmonizer=gradvac", "harmonizer.beta=2"], r"harmonizer.beta=2 is outside \[0, 1\]: it is GradVac's"),
+        (["harmonizer=cagrad", "harmonizer.c_a=-1"], r"harmonizer.c_a=-1 is invalid: CAGrad's conflict-averse radius"),
+    ],
+)
+def test_harmonizer_values_are_checked_by_their_owner_in_its_own_terms(train_cfg, overrides, message) -> None:
+    """Each harmonizer validates its own hyper-parameters (ProGrad's lam is not GH++'s trade-off)."""
+    cfg = train_cfg(*overrides)
+    with pytest.raises(ConfigError, match=message) as err:
+        build_node(cfg.harmonizer, "harmonizer")
+    assert "\n" not in str(err.value)
 
 
 def test_wandb_mode_auto_is_offline_without_credentials(monkeypatch, tmp_path) -> None:

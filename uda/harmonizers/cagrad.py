@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from uda.errors import ConfigError
 from uda.harmonizers.base import Harmonizer
 
 
@@ -67,10 +68,14 @@ class CAGrad(Harmonizer):
 
     name = "cagrad"
     num_losses = None
+    symmetric = True
+    cost = "grid search on the device for 2; SLSQP (scipy) on the CPU for m > 2"
 
     def __init__(self, c_a: float = 0.4, rescale: bool = True) -> None:
         if c_a < 0:
-            raise ValueError(f"CAGrad c_a must be >= 0, got {c_a}")
+            raise ConfigError(
+                f"harmonizer.c_a={c_a} is invalid: CAGrad's conflict-averse radius must be >= 0 (paper: 0.4)"
+            )
         self.c_a = float(c_a)
         self.rescale = bool(rescale)
 

@@ -175,11 +175,14 @@ def harmonize_groups(
     coefs: Tensor,
     groups: Sequence[Sequence[int]] | None,
     weighted: bool,
+    losses: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[tuple[int, ...], ...]]:
     """tau (m,) and the block coefficient matrix A (m, m) for the given harmonized groups.
 
     ``harmonizer`` is one instance for every group, or a sequence with one instance per group (so a
-    stateful method keeps one state per harmonized pair, e.g. GVB's two pairs).
+    stateful method keeps one state per harmonized pair, e.g. GVB's two pairs). ``losses``: the (m,)
+    detached loss values, given to the harmonizers that weight by them (``needs_losses``: FAMO, DB-MTL);
+    with ``weighted`` they see coef_i·L_i, as they see the Gram matrix of coef_i·g_i.
     """
     m = gram.shape[0]
     first = harmonizer if isinstance(harmonizer, Harmonizer) else next(iter(harmonizer))
@@ -193,12 +196,28 @@ def harmonize_groups(
         seen |= set(group)
         idx = torch.tensor(group, device=gram.device)
         sub = gram.index_select(0, idx).index_select(1, idx)
-        if weighted:
-            c = coefs.index_select(0, idx)
+        c = coefs.index_select(0, idx) if weighted else None
+        if c is not None:
             sub = sub * torch.outer(c, c)
-        block = group_harmonizer.coefficients(sub)
+        if group_harmonizer.needs_losses:
+            if losses is None:
+                raise ValueError(f"{group_harmonizer.name} weights the losses by their values: pass `losses`")
+            values = losses.index_select(0, idx)
+            block = group_harmonizer.coefficients(sub, values if c is None else values * c)
+        else:
+            block = group_harmonizer.coefficients(sub)
         pair[idx.unsqueeze(1), idx.unsqueeze(0)] = block
     return pair.sum(dim=0), pair, group_idx
+
+
+def loss_values(losses: Sequence[Tensor], harmonizer: Harmonizer | Sequence[Harmonizer]) -> Tensor | None:
+    """The detached values of ``losses`` as one (m,) tensor, float32 or wider, when some harmonizer weights by
+    them (``needs_losses``); None otherwise, so the Gram-only methods pay nothing. No host synchronisation."""
+    members = [harmonizer] if isinstance(harmonizer, Harmonizer) else list(harmonizer)
+    if not any(h.needs_losses for h in members):
+        return None
+    values = torch.stack([loss.detach().reshape(()) for loss in losses])
+    return values if values.dtype in (torch.float32, torch.float64) else values.float()
 
 
 def loss_gradients(
@@ -254,6 +273,7 @@ def harmonized_backward(
     reduce: Callable[[Tensor], Tensor] | None = None,
     retain_graph: bool = False,
     batched: bool = False,
+    loss_scale: Tensor | float | None = None,
 ) -> GradStats:
     """Write the harmonized gradient of ``losses`` into ``p.grad`` (accumulating like ``backward``).
 
@@ -272,9 +292,14 @@ def harmonized_backward(
         tau_scope: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram"``
             (tau only on the Gram scope; parameters outside it, e.g. a discriminator, get Σ coef_i g_i).
         reduce: optional reduction of the flat ``(m, P)`` gradient buffer before the Gram matrix is
-            formed (an all-reduce mean under DDP, so every rank computes the same tau).
+            formed (an all-reduce mean under DDP, so every rank computes the same tau); also applied to the
+            loss values when a harmonizer weights by them (FAMO, DB-MTL).
         retain_graph: keep the graph after the last gradient (default False).
         batched: take the m gradients in one vmapped backward pass (``is_grads_batched``).
+        loss_scale: a float16 GradScaler's scale S. The per-loss gradients are taken of S·L_i (so they
+            do not underflow, as ``scaler.scale(loss).backward()`` would), the Gram matrix and tau are
+            computed from the unscaled gradients, and ``.grad`` receives S·d for the scaler to unscale
+            (and to skip when it overflowed).
 
     Returns:
         :class:`GradStats` with the Gram matrix, tau and coefficients (all detached, no host sync).
@@ -288,6 +313,7 @@ def harmonized_backward(
     if tau_scope not in ("all", "gram"):
         raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
     device, dtype = params[0].device, params[0].dtype
+    values = loss_values(losses, harmonizer)  # taken before anything rescales the losses
 
     # Column layout of the flat gradient buffer, chosen so every piece is one contiguous block:
     #   [Gram scope ∩ params | Gram scope only (probed, not updated) | params outside the scope]
@@ -301,15 +327,20 @@ def harmonized_backward(
     n_updated_scope = sum(p.numel() for p in updated_scope)
     n_scope = n_updated_scope + sum(p.numel() for p in probe_only)
 
+    if loss_scale is not None:
+        losses = [loss * loss_scale for loss in losses]
     flat = loss_gradients(losses, updated_scope + probe_only + outside, retain_graph=retain_graph, batched=batched)
     # Everything from here on is bookkeeping of exact numbers: never under autocast (see gram_matrix).
     with torch.autocast(device_type=device.type, enabled=False):
         if reduce is not None:
             flat = reduce(flat)
+            values = values if values is None else reduce(values)  # the global batch's losses on every rank
         gram = gram_matrix(flat[:, :n_scope])
+        if loss_scale is not None:
+            gram = gram / torch.as_tensor(loss_scale, dtype=gram.dtype, device=gram.device) ** 2
 
         coef_t = _coef_tensor(coefs, m, flat)
-        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
 
         # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
         w_all = coef_t * tau
@@ -351,7 +382,9 @@ def feature_space_backward(
     weighted: bool = False,
     tau_scope: str = "all",
     reduce_gram: Callable[[Tensor], Tensor] | None = None,
+    reduce_losses: Callable[[Tensor], Tensor] | None = None,  # DDP: mean of the loss values (FAMO, DB-MTL)
     backward: Callable[[Tensor], None] | None = None,
+    loss_scale: Tensor | float | None = None,
 ) -> GradStats:
     """Harmonize with the Gram matrix of gradients w.r.t. the shared batch ``features`` (approximate).
 
@@ -362,17 +395,21 @@ def feature_space_backward(
     Σ_i coef_i L_i while a hook on z replaces the gradient entering the feature extractor by
     Σ_i coef_i tau_i dL_i/dz, so only the parameters below z are reweighted. The angle is the
     feature-space angle, not the parameter-space one of the paper. Under DDP, ``reduce_gram`` combines
-    the per-rank Gram matrices (samples are disjoint coordinates).
+    the per-rank Gram matrices (samples are disjoint coordinates). With a float16 GradScaler, pass its
+    scale as ``loss_scale`` and a ``backward`` that scales (Lightning's ``manual_backward`` does): the
+    per-loss gradients are taken of the scaled losses and unscaled for the Gram matrix.
     """
     m = len(losses)
     if m == 0:
         raise ValueError("feature_space_backward needs at least one loss")
+    values = loss_values(losses, harmonizer)
     if not features.requires_grad:
         raise ValueError("the shared features must be part of the autograd graph")
     rows = []
     for loss in losses:
         if loss.requires_grad:
-            (gz,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True, materialize_grads=True)
+            probed = loss if loss_scale is None else loss * loss_scale
+            (gz,) = torch.autograd.grad(probed, features, retain_graph=True, allow_unused=True, materialize_grads=True)
         else:
             gz = torch.zeros_like(features)
         rows.append(gz.reshape(-1))
@@ -382,11 +419,14 @@ def feature_space_backward(
     flat = torch.stack(rows)
     with torch.autocast(device_type=flat.device.type, enabled=False):
         flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-        gram = gram_matrix(flat)
+        scale = None if loss_scale is None else torch.as_tensor(loss_scale, dtype=flat.dtype, device=flat.device)
+        gram = gram_matrix(flat) if scale is None else gram_matrix(flat) / scale**2
         if reduce_gram is not None:
             gram = reduce_gram(gram)
+        if reduce_losses is not None and values is not None:
+            values = reduce_losses(values)
         coef_t = _coef_tensor(coefs, m, flat)
-        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
         weighted_gz = None if tau_scope == "all" else ((coef_t * tau) @ flat).view_as(features)
     if weighted_gz is None:
         total = sum(w * loss for w, loss in zip(coef_t * tau, losses, strict=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from uda.errors import ConfigError
 from uda.harmonizers.base import HALF_PI, Harmonizer, pair_angle, pair_terms, safe_div
 from uda.harmonizers.gh import GH
 
@@ -12,7 +13,10 @@ from uda.harmonizers.gh import GH
 def _check_lam(lam: float, name: str) -> float:
     lam = float(lam)
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"{name} trade-off lam must be in [0, 1], got {lam}")
+        raise ConfigError(
+            f"harmonizer.lam={lam} is outside [0, 1]: for {name} it splits the angular correction between the two "
+            "gradients (the paper uses 0.5)"
+        )
     return lam
 
 
@@ -31,6 +35,7 @@ class GHPP(Harmonizer):
 
     name = "ghpp"
     num_losses = 2
+    cost = "closed form"
 
     def __init__(self, lam: float = 0.5) -> None:
         self.lam = _check_lam(lam, "GH++")
@@ -64,6 +69,7 @@ class GHPPRotation(Harmonizer):
 
     name = "ghpp_rot"
     num_losses = 2
+    cost = "closed form"
 
     def __init__(self, lam: float = 0.5, eps: float = 1e-6) -> None:
         self.lam = _check_lam(lam, "GH++ rotation")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from uda.errors import ConfigError
 from uda.harmonizers.base import Harmonizer, safe_div
 
 
@@ -22,10 +23,12 @@ class GradVac(Harmonizer):
 
     name = "gradvac"
     num_losses = None
+    stateful = True  # the EMA targets and the seeded random order
+    cost = "m(m − 1) sequential projections (a host loop over the losses)"
 
     def __init__(self, beta: float = 0.01, seed: int = 0) -> None:
         if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"GradVac beta must be in [0, 1], got {beta}")
+            raise ConfigError(f"harmonizer.beta={beta} is outside [0, 1]: it is GradVac's EMA rate (paper: 0.01)")
         self.beta = float(beta)
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from uda.errors import ConfigError
 from uda.harmonizers.base import Harmonizer, pair_terms, safe_div
 
 
@@ -27,11 +28,14 @@ class ProGrad(Harmonizer):
 
     name = "prograd"
     num_losses = 2
+    cost = "closed form"
 
     def __init__(self, lam: float = 1.0, keep_anchor: bool = True) -> None:
         lam = float(lam)
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"ProGrad lam must be in [0, 1], got {lam}")
+            raise ConfigError(
+                f"harmonizer.lam={lam} is outside [0, 1]: for ProGrad it is the projection strength (paper: 1)"
+            )
         self.lam = lam
         self.keep_anchor = bool(keep_anchor)
 
