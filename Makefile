@@ -27,8 +27,9 @@ test: ## Run the test suite (the slow end-to-end runs are excluded; see test-slo
 test-slow: ## Run only the slow end-to-end tests (full-length training runs)
 	$(PY) -m pytest -m slow
 
-bench: ## Benchmarks (harmonizer overhead, data throughput) -> benchmarks/results/*.{json,md}
+bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughput) -> benchmarks/results/*.{json,md}
 	$(PY) benchmarks/harmonizer_overhead.py
+	$(PY) benchmarks/resnet50_step.py
 	$(PY) benchmarks/data_throughput.py
 
 RUNS ?= logs/study/fonts
