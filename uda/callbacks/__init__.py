@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from uda.callbacks.analysis import FeatureAnalysis
 from uda.callbacks.diagnostics import GradientDiagnostics
 
-__all__ = ["GradientDiagnostics"]
+__all__ = ["FeatureAnalysis", "GradientDiagnostics"]
