@@ -40,6 +40,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f" run dir      {s.get('output_dir')}",
         "─" * 64,
     ]
+    if s.get("note"):  # e.g. a randomly initialized CLIP: the numbers above are not results
+        lines.insert(-1, f" NOTE         {s['note']}")
     return "\n".join(lines)
 
 
