@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from uda.baselines.dwl_weight import lda_discriminability, linear_mmd
+from uda.baselines.dwl_weight import LDA_RIDGE, lda_discriminability, linear_mmd, scatter_matrices
 
 
 def stratified_indices(labels: Tensor, num_samples: int, generator: torch.Generator) -> Tensor:
@@ -109,6 +109,30 @@ def collect_features(
     return {"features": torch.cat(feats), "predictions": torch.cat(preds), "labels": torch.cat(labels).long()}
 
 
+def lda_criterion(features: Tensor, labels: Tensor, num_classes: int) -> float:
+    """DWL's LDA criterion max J(W) (:func:`uda.baselines.dwl_weight.lda_discriminability` with K − 1
+    components), computed without the d×d eigenproblem.
+
+    S_b = Mᵀ M with the rows of M = sqrt(N_c) (μ_c − μ), and Σ_c N_c (μ_c − μ) = 0, so S_b has rank at
+    most K − 1 and the K − 1 largest eigenvalues of (S_w + 1e−6 I)^−1 S_b are all its non-zero ones:
+    their sum is trace((S_w + 1e−6 I)^−1 S_b) = ‖L^−1 Mᵀ‖²_F with S_w + 1e−6 I = L Lᵀ. One Cholesky
+    factorization instead of an eigendecomposition of a feature-dimension matrix (equal values, tested;
+    DWL's own routine is used when the factorization fails). Divided by the number of clusters present.
+    """
+    x = features.double().flatten(1)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    within, _ = scatter_matrices(x, labels)
+    means = torch.zeros(counts.numel(), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+    means /= counts.unsqueeze(1).to(x.dtype)
+    rows = (means - x.mean(dim=0)) * counts.unsqueeze(1).to(x.dtype).sqrt()
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    chol, info = torch.linalg.cholesky_ex(within + LDA_RIDGE * eye)
+    if int(info) != 0:
+        return lda_discriminability(x, labels, max(int(num_classes) - 1, 1))
+    whitened = torch.linalg.solve_triangular(chol, rows.T, upper=False)
+    return float(whitened.pow(2).sum()) / counts.numel()
+
+
 def balance_measures(
     source_features: Tensor,
     source_labels: Tensor,
@@ -123,15 +147,14 @@ def balance_measures(
     ``j_source``: LDA max J(W) of the source features with their labels; ``j_target``: of the target
     features with the model's predictions as pseudo-labels (DWL's J_t; no target labels involved);
     ``j_target_true``: with the true target labels (analysis only). J sums the K−1 largest eigenvalues of
-    ``(S_w + 1e−6 I)^−1 S_b`` per cluster (larger = more discriminative); it is ill-conditioned when a
-    subsample has fewer samples than the feature dimension.
+    ``(S_w + 1e−6 I)^−1 S_b`` per cluster (:func:`lda_criterion`; larger = more discriminative); it is
+    ill-conditioned when a subsample has fewer samples than the feature dimension.
     """
-    components = max(int(num_classes) - 1, 1)
     out = {
         "mmd": float(linear_mmd(source_features, target_features)),
-        "j_source": lda_discriminability(source_features, source_labels, components),
-        "j_target": lda_discriminability(target_features, target_predictions, components),
+        "j_source": lda_criterion(source_features, source_labels, num_classes),
+        "j_target": lda_criterion(target_features, target_predictions, num_classes),
     }
     if target_labels is not None:
-        out["j_target_true"] = lda_discriminability(target_features, target_labels, components)
+        out["j_target_true"] = lda_criterion(target_features, target_labels, num_classes)
     return out

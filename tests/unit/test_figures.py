@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from uda.analysis import balance_measures, stratified_indices
+from uda.analysis import balance_measures, lda_criterion, stratified_indices
+from uda.baselines.dwl_weight import lda_discriminability
 from uda.report.figures import (
     RunData,
     error_curve,
@@ -96,6 +97,16 @@ def test_mmd_and_lda_criterion_of_a_known_case() -> None:
     mixed = balance_measures(source, torch.tensor([0, 0, 1, 1]), target, torch.tensor([0, 1]), num_classes=2)
     assert math.isclose(mixed["mmd"], 8.0, rel_tol=1e-12)
     assert "j_target_true" not in mixed
+
+
+def test_lda_criterion_equals_dwls_eigenvalue_sum() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n, dim, k, present in ((400, 60, 10, 10), (120, 30, 10, 4), (40, 80, 3, 3)):  # the last: n < dim
+        x = torch.randn(n, dim, generator=gen).relu()
+        y = torch.randint(0, present, (n,), generator=gen)
+        x[y == 1] += 0.7
+        expected = lda_discriminability(x, y, k - 1)
+        assert lda_criterion(x, y, k) == pytest.approx(expected, rel=1e-9)
 
 
 def test_convergence_curve_reads_the_csv_log_and_averages_seeds(tmp_path: Path) -> None:
