@@ -89,9 +89,9 @@ def predict_with_features(predict: Any, feature_module: nn.Module, x: Tensor) ->
     finally:
         handle.remove()
     if len(caught) != 1 or not isinstance(caught[0], Tensor) or caught[0].shape[0] != x.shape[0]:
-        raise RuntimeError(
-            f"the feature module {type(feature_module).__name__} ran {len(caught)} times in one prediction; "
-            "the analysis needs it to run exactly once per batch, returning one feature row per image"
+        raise ValueError(
+            f"the feature module {type(feature_module).__name__} ran {len(caught)} times in one prediction of "
+            f"{x.shape[0]} images; the analysis needs one run per batch returning one feature row per image"
         )
     return caught[0].flatten(1), logits
 

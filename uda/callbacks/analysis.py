@@ -157,7 +157,13 @@ class FeatureAnalysis(Callback):
         with preserved_rng(), evaluation(pl_module):
             for domain, subset in self.subsets(trainer).items():
                 batches = self._loader(trainer, subset)
-                out[domain] = collect_features(baseline.predict, feature_module, batches, pl_module.device)
+                try:
+                    out[domain] = collect_features(baseline.predict, feature_module, batches, pl_module.device)
+                except ValueError as err:
+                    raise ConfigError(
+                        f"callbacks.analysis cannot read the features of {baseline.name}: {err}; "
+                        "drop the callback with ~callbacks.analysis"
+                    ) from err
                 out[domain]["indices"] = torch.tensor(subset.indices)
         return out
 
