@@ -43,8 +43,9 @@ study-digits: ## The earlier MNIST<->UCI study + GH++ lambda sweep (CPU, hours) 
 	PY=$(PY) benchmarks/digits_study.sh
 	PY=$(PY) benchmarks/lambda_study.sh
 
-report: ## Tables + plots from finished runs: make report RUNS=<runs dir> OUT=<output dir>
+report: ## Tables, plots and OUT/figures (t-SNE, curves) from finished runs: make report RUNS=<runs dir> OUT=<output dir>
 	$(PY) -m uda.report $(RUNS) --out $(OUT)
+	$(PY) -m uda.report.figures $(RUNS) --out $(OUT)/figures
 
 lint: ## ruff check
 	$(VENV)/bin/ruff check .
