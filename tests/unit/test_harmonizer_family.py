@@ -1,36 +1,49 @@
-"""Property tests shared by the whole harmonizer family (torchjd style), on hand-built Gram matrices."""
+"""Property tests shared by the whole harmonizer family (torchjd style), on hand-built Gram matrices.
+
+Every exported harmonizer runs the generic checks (shape, finiteness, degenerate Gram matrices, scale);
+the properties a class claims in its attributes (``conflict_free``, ``symmetric``, ``stateful``) are tested
+for it, and the two-loss reductions and solvers are compared with independent derivations.
+"""
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 
 import pytest
 import torch
 
+from uda.errors import ConfigError
 from uda.harmonizers import (
+    DBMTL,
+    FAMO,
     GH,
     GHPP,
     IMTLG,
     MGDA,
     AlignedMTL,
     CAGrad,
+    ConFIG,
+    ConFIGMomentum,
+    DualProj,
+    FairGrad,
     GHPPRotation,
     GradVac,
     Harmonizer,
     NashMTL,
-    NoHarmonizer,
     PCGrad,
     ProGrad,
+    UPGrad,
 )
+from uda.harmonizers.table import harmonizer_classes
 
-TWO_LOSS = [GH, GHPP, GHPPRotation, ProGrad, NashMTL]
-ANY_M = [NoHarmonizer, PCGrad, MGDA, IMTLG, CAGrad, AlignedMTL, GradVac]
-FAMILY = TWO_LOSS + ANY_M
-SCALE_INVARIANT_TAU = [c for c in FAMILY if c is not NashMTL]
-# guaranteed for two losses by GH, PCGrad and IMTL-G (IMTL-G only equalizes projections for m > 2,
-# PCGrad's guarantee is a two-task one); MGDA's min-norm point is a common descent direction for any m
-NEVER_CONFLICTS = [(GH, 2), (PCGrad, 2), (IMTLG, 2), (MGDA, 2), (MGDA, 3), (MGDA, 5)]
+#: every exported harmonizer, so a new one runs the generic checks without being listed here
+FAMILY = harmonizer_classes()
+TWO_LOSS = [c for c in FAMILY if c.num_losses == 2]
+SCALE_INVARIANT_TAU = [c for c in FAMILY if c not in (NashMTL, FairGrad)]  # both scale like a power of K
+STATEFUL = [c for c in FAMILY if c.stateful]
+CLAIMS = ("yes", "for 2 losses", "no")
 
 
 def random_grads(m: int, dim: int = 12, seed: int = 0, conflict: bool = True) -> torch.Tensor:
@@ -46,11 +59,34 @@ def gram(g: torch.Tensor) -> torch.Tensor:
 
 
 def sizes(cls: type[Harmonizer]) -> list[int]:
-    return [2] if cls in TWO_LOSS else [2, 3, 5]
+    return [2] if cls.num_losses == 2 else [2, 3, 5]
 
 
 def cases() -> list[tuple[type[Harmonizer], int]]:
     return [(cls, m) for cls in FAMILY for m in sizes(cls)]
+
+
+def loss_values(m: int, seed: int = 0) -> torch.Tensor:
+    """Positive loss values for the methods that weight by them (FAMO, DB-MTL)."""
+    return 0.2 + 2.0 * torch.rand(m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def tau(h: Harmonizer, k: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+    """h.weights(K), with loss values for the harmonizers that need them."""
+    if not h.needs_losses:
+        return h.weights(k)
+    return h.weights(k, loss_values(k.shape[0]) if losses is None else losses)
+
+
+def coefficients(h: Harmonizer, k: torch.Tensor) -> torch.Tensor:
+    return h.coefficients(k, loss_values(k.shape[0])) if h.needs_losses else h.coefficients(k)
+
+
+def claimed_conflict_free() -> list[tuple[type[Harmonizer], int]]:
+    """(class, m) wherever the class claims d·g_i >= 0 for every loss (its ``conflict_free`` attribute)."""
+    return [
+        (cls, m) for cls, m in cases() if cls.conflict_free == "yes" or (cls.conflict_free == "for 2 losses" and m == 2)
+    ]
 
 
 @pytest.mark.parametrize(("cls", "m"), cases(), ids=lambda v: getattr(v, "name", v))
@@ -58,11 +94,11 @@ def test_finite_detached_and_shaped(cls, m) -> None:
     for seed in range(5):
         k = gram(random_grads(m, seed=seed)).float().requires_grad_(True)
         h = cls()
-        tau, a = h.weights(k), cls().coefficients(k)
-        assert tau.shape == (m,) and a.shape == (m, m)
-        assert not tau.requires_grad and not a.requires_grad
-        assert torch.isfinite(tau).all() and torch.isfinite(a).all()
-        assert tau.dtype == torch.float32
+        weights, a = tau(h, k), coefficients(cls(), k)
+        assert weights.shape == (m,) and a.shape == (m, m)
+        assert not weights.requires_grad and not a.requires_grad
+        assert torch.isfinite(weights).all() and torch.isfinite(a).all()
+        assert weights.dtype == torch.float32
 
 
 @pytest.mark.parametrize(("cls", "m"), cases(), ids=lambda v: getattr(v, "name", v))
@@ -74,19 +110,19 @@ def test_degenerate_gram_matrices_never_give_nan(cls, m) -> None:
     zero[0] = 0.0
     parallel = base.clone()
     parallel[1] = 2.0 * parallel[0]
-    for g in (antiparallel, zero, parallel, base * 1e-20, base * 1e20):
-        assert torch.isfinite(cls().weights(gram(g))).all(), g
+    for g in (antiparallel, zero, parallel, base * 1e-20, base * 1e20, torch.zeros_like(base)):
+        assert torch.isfinite(tau(cls(), gram(g))).all(), g
     for bad in (float("nan"), float("inf")):
         k = gram(base)
         k[0, 1] = k[1, 0] = bad
-        assert cls().weights(k).tolist() == [1.0] * m
+        assert tau(cls(), k).tolist() == [1.0] * m
 
 
 @pytest.mark.parametrize(("cls", "m"), cases(), ids=lambda v: getattr(v, "name", v))
 def test_zero_gradient_means_plain_sum(cls, m) -> None:
     g = random_grads(m)
     g[-1] = 0.0
-    assert cls().weights(gram(g)).tolist() == [1.0] * m
+    assert tau(cls(), gram(g)).tolist() == [1.0] * m
 
 
 @pytest.mark.parametrize(
@@ -95,7 +131,7 @@ def test_zero_gradient_means_plain_sum(cls, m) -> None:
 @pytest.mark.parametrize("scale", [1e-4, 3.0, 1e5])
 def test_invariant_to_a_common_gradient_scale(cls, m, scale) -> None:
     g = random_grads(m, seed=3)
-    torch.testing.assert_close(cls().weights(gram(g * scale)), cls().weights(gram(g)), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(tau(cls(), gram(g * scale)), tau(cls(), gram(g)), rtol=1e-6, atol=1e-9)
 
 
 def test_nash_mtl_update_is_scale_invariant_and_solves_its_fixed_point() -> None:
@@ -108,11 +144,11 @@ def test_nash_mtl_update_is_scale_invariant_and_solves_its_fixed_point() -> None
     torch.testing.assert_close(d_scaled, d)
 
 
-@pytest.mark.parametrize(("cls", "m"), NEVER_CONFLICTS, ids=lambda v: getattr(v, "name", v))
-def test_update_never_conflicts_where_guaranteed(cls, m) -> None:
+@pytest.mark.parametrize(("cls", "m"), claimed_conflict_free(), ids=lambda v: getattr(v, "name", v))
+def test_update_never_conflicts_where_claimed(cls, m) -> None:
     for seed in range(50):
         g = random_grads(m, seed=seed)
-        d = cls().weights(gram(g)) @ g
+        d = tau(cls(), gram(g)) @ g
         assert (g @ d >= -1e-9 * d.norm() * g.norm(dim=1)).all(), (seed, g @ d)
 
 
@@ -259,3 +295,320 @@ def test_cagrad_zero_radius_is_the_mean_and_objective_is_minimized() -> None:
 def test_two_loss_methods_refuse_other_sizes(cls) -> None:
     with pytest.raises(ValueError, match="exactly 2"):
         cls().weights(torch.eye(3))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Claims stated in the class attributes (the README table is generated from them)
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.name)
+def test_claims_use_the_table_vocabulary(cls) -> None:
+    assert cls.conflict_free in CLAIMS
+    assert isinstance(cls.symmetric, bool) and isinstance(cls.stateful, bool) and isinstance(cls.needs_losses, bool)
+    assert cls.max_losses is None or cls.max_losses >= 2
+
+
+@pytest.mark.parametrize(("cls", "m"), [c for c in cases() if c[0].symmetric], ids=lambda v: getattr(v, "name", v))
+def test_symmetric_methods_permute_with_the_losses(cls, m) -> None:
+    for seed in range(3):
+        k = gram(random_grads(m, seed=seed))
+        losses = loss_values(m, seed)
+        perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed + 1))
+        while m > 1 and torch.equal(perm, torch.arange(m)):
+            perm = torch.roll(perm, 1)
+        permuted = tau(cls(), k[perm][:, perm], losses[perm])
+        torch.testing.assert_close(permuted, tau(cls(), k, losses)[perm], rtol=1e-6, atol=1e-9)
+
+
+#: the rotation splits its correction symmetrically at its default lam = 0.5
+ORDERED_INSTANCE = {GHPPRotation: {"lam": 0.3}}
+
+
+@pytest.mark.parametrize("cls", [c for c in FAMILY if not c.symmetric], ids=lambda c: c.name)
+def test_ordered_methods_do_depend_on_the_order(cls) -> None:
+    m = sizes(cls)[-1]
+
+    def make() -> Harmonizer:
+        return cls(**ORDERED_INSTANCE.get(cls, {}))
+
+    differs = False
+    for seed in range(5):
+        k = gram(random_grads(m, seed=seed))
+        swap = torch.arange(m).roll(1)
+        differs |= not torch.allclose(tau(make(), k[swap][:, swap]), tau(make(), k)[swap], rtol=1e-6, atol=1e-9)
+    assert differs
+
+
+@pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.name)
+def test_stateful_claim_matches_the_checkpointed_state(cls) -> None:
+    h = cls()
+    for seed in range(3):
+        tau(h, gram(random_grads(3 if cls.num_losses is None else 2, seed=seed)))
+    assert bool(h.state_dict()) == cls.stateful
+
+
+def run_steps(h: Harmonizer, m: int, seeds: range) -> list[torch.Tensor]:
+    return [tau(h, gram(random_grads(m, seed=s)), loss_values(m, s)) for s in seeds]
+
+
+@pytest.mark.parametrize("cls", STATEFUL, ids=lambda c: c.name)
+def test_state_restore_reproduces_the_next_outputs_bit_for_bit(cls) -> None:
+    m = 3 if cls.num_losses is None else 2
+    h = cls()
+    run_steps(h, m, range(4))
+    buffer = io.BytesIO()
+    torch.save(h.state_dict(), buffer)  # as a checkpoint does
+    buffer.seek(0)
+    restored = cls()
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    expected, got = run_steps(h, m, range(4, 8)), run_steps(restored, m, range(4, 8))
+    assert all(torch.equal(e, g) for e, g in zip(expected, got, strict=True))
+    # not vacuous: a fresh instance (no state) gives different weights on the same steps
+    fresh = run_steps(cls(), m, range(4, 8))
+    assert any(not torch.equal(e, f) for e, f in zip(expected, fresh, strict=True))
+
+
+@pytest.mark.parametrize("cls", [ConFIGMomentum, FAMO, DBMTL], ids=lambda c: c.name)
+def test_a_rejected_step_leaves_the_state_alone(cls) -> None:
+    """Promised by the methods that commit their state through Harmonizer._commit (PCGrad and GradVac
+    draw their random order whatever the step)."""
+    h = cls()
+    run_steps(h, 3 if cls.num_losses is None else 2, range(3))
+    before = h.state_dict()
+    k = gram(random_grads(3 if cls.num_losses is None else 2, seed=9))
+    k[0, 0] = float("nan")
+    tau(h, k)
+    after = h.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value) if isinstance(value, torch.Tensor) else after[key] == value
+
+
+# ------------------------------------------------------------------------------------------------------
+# UPGrad and DualProj: projections onto the dual cone of the gradients
+# ------------------------------------------------------------------------------------------------------
+def test_upgrad_is_half_of_gh_for_two_losses() -> None:
+    """The reference's two-loss reduction: no conflict gives (1/2, 1/2), a conflict GH's tau / 2."""
+    for seed in range(30):
+        g = random_grads(2, seed=seed, conflict=seed % 2 == 0)
+        n1, n2, c = float(g[0] @ g[0]), float(g[1] @ g[1]), float(g[0] @ g[1])
+        gh_tau = [1 - c / n1, 1 - c / n2] if c < 0 else [1.0, 1.0]  # GH paper Eq. 42, by hand
+        assert UPGrad().weights(gram(g)).tolist() == pytest.approx([t / 2 for t in gh_tau], rel=1e-12)
+
+
+def test_dualproj_two_losses_is_the_mean_projected_off_the_opposed_gradient() -> None:
+    for seed in range(30):
+        g = random_grads(2, seed=seed, conflict=seed % 2 == 0)
+        x = g.mean(dim=0)
+        for j in range(2):  # at most one g_j can oppose the mean of two gradients
+            if x @ g[j] < 0:
+                x = x - (x @ g[j]) / (g[j] @ g[j]) * g[j]
+        torch.testing.assert_close(DualProj().weights(gram(g)) @ g, x)
+
+
+def test_upgrad_and_dualproj_reproduce_torchjd_documented_examples() -> None:
+    """TorchJD's docstrings (with its ridge reg_eps = 1e-4): J = [[-4, 1, 1], [6, 1, 1]]."""
+    j = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        UPGrad(reg_eps=1e-4).weights(gram(j)) @ j, torch.tensor([0.2929, 1.9004, 1.9004]).double(), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        DualProj(reg_eps=1e-4).weights(gram(j)) @ j, torch.tensor([0.5563, 1.1109, 1.1109]).double(), atol=1e-4, rtol=0
+    )
+
+
+def primal_projection(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """argmin ‖x − y‖² s.t. G x >= 0, solved in gradient space by scipy's SLSQP."""
+    optimize = pytest.importorskip("scipy.optimize")
+    gn, yn = g.numpy(), y.numpy()
+    result = optimize.minimize(
+        lambda x: 0.5 * ((x - yn) ** 2).sum(),
+        yn,
+        jac=lambda x: x - yn,
+        constraints={"type": "ineq", "fun": lambda x: gn @ x, "jac": lambda x: gn},
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    return torch.as_tensor(result.x)
+
+
+@pytest.mark.parametrize("m", [3, 4, 6])
+def test_upgrad_and_dualproj_equal_a_primal_projection_solver(m) -> None:
+    for seed in range(3):
+        g = random_grads(m, dim=8, seed=seed)
+        k = gram(g)
+        upgrad = torch.stack([primal_projection(g, g[i]) for i in range(m)]).mean(dim=0)
+        torch.testing.assert_close(UPGrad().weights(k) @ g, upgrad, atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(DualProj().weights(k) @ g, primal_projection(g, g.mean(dim=0)), atol=1e-7, rtol=1e-6)
+
+
+def test_dual_cone_solvers_refuse_too_many_losses_and_bad_ridges() -> None:
+    with pytest.raises(ValueError, match="up to 10 losses"):
+        UPGrad().weights(torch.eye(11, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="reg_eps"):
+        DualProj(reg_eps=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# FairGrad: K w = w^(-1/alpha)
+# ------------------------------------------------------------------------------------------------------
+def test_fairgrad_with_alpha_one_is_nash_mtl() -> None:
+    for seed in range(30):
+        k = gram(random_grads(2, seed=seed, conflict=seed % 2 == 0))
+        torch.testing.assert_close(FairGrad(alpha=1.0).weights(k), NashMTL().weights(k), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("m", [2, 3, 5])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
+def test_fairgrad_solves_its_fairness_equations(m, alpha) -> None:
+    for seed in range(5):
+        k = gram(random_grads(m, seed=seed))
+        w = FairGrad(alpha).weights(k)
+        assert (w > 0).all()
+        torch.testing.assert_close(k @ w, w ** (-1.0 / alpha), rtol=1e-9, atol=0)
+
+
+def test_fairgrad_matches_the_official_least_squares_solver() -> None:
+    optimize = pytest.importorskip("scipy.optimize")
+    import numpy as np
+
+    for m, alpha in [(3, 2.0), (4, 0.5), (5, 5.0)]:
+        k = gram(random_grads(m, seed=m))
+        a = k.numpy()
+
+        def residual(x: np.ndarray, a: np.ndarray = a, alpha: float = alpha) -> np.ndarray:
+            return a @ x - np.power(1 / x, 1 / alpha)  # the official objfn
+
+        official = optimize.least_squares(residual, np.ones(m) / m, bounds=(0, np.inf), xtol=1e-15, ftol=1e-15).x
+        torch.testing.assert_close(FairGrad(alpha).weights(k), torch.as_tensor(official), rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 5.0])
+def test_fairgrad_weights_scale_like_a_power_of_the_gram_matrix(alpha) -> None:
+    """If K w = w^(−1/α) then (λK)(μw) = (μw)^(−1/α) for μ = λ^(−α/(α+1))."""
+    for m in (2, 4):
+        k = gram(random_grads(m, seed=5))
+        for lam in (1e-3, 7.0):
+            torch.testing.assert_close(
+                FairGrad(alpha).weights(lam * k), lam ** (-alpha / (alpha + 1)) * FairGrad(alpha).weights(k)
+            )
+
+
+def test_fairgrad_rejects_a_non_positive_alpha() -> None:
+    with pytest.raises(ConfigError, match="alpha"):
+        FairGrad(alpha=0.0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# ConFIG and its momentum variant
+# ------------------------------------------------------------------------------------------------------
+def test_config_direction_bisects_the_unit_gradients_for_two_losses() -> None:
+    for seed in range(20):
+        g = random_grads(2, seed=seed, conflict=seed % 2 == 0)
+        d = ConFIG().weights(gram(g)) @ g
+        u = g / g.norm(dim=1, keepdim=True)
+        bisector = (u[0] + u[1]) / (u[0] + u[1]).norm()
+        torch.testing.assert_close(d / d.norm(), bisector)
+        torch.testing.assert_close(d.norm(), (g @ bisector).sum())  # ConFIG's projection length
+
+
+@pytest.mark.parametrize("m", [3, 5])
+def test_config_equals_the_official_least_squares_update(m) -> None:
+    """conflictfree's ConFIG_update in gradient space: v = lstsq(U, 1), d = (Σ_i g_i·v̂) v̂."""
+    for seed in range(3):
+        g = random_grads(m, dim=12, seed=seed)
+        units = g / g.norm(dim=1, keepdim=True)
+        v = torch.linalg.lstsq(units, torch.ones(m, 1, dtype=torch.float64), driver="gelsd").solution[:, 0]
+        v_hat = v / v.norm()
+        torch.testing.assert_close(ConFIG().weights(gram(g)) @ g, (g @ v_hat).sum() * v_hat)
+        proj = units @ (ConFIG().weights(gram(g)) @ g)
+        torch.testing.assert_close(proj, proj[0].expand(m))  # equal projections on every unit gradient
+
+
+def test_config_momentum_is_config_on_the_bias_corrected_running_gram() -> None:
+    beta = 0.7
+    h, plain = ConFIGMomentum(momentum=beta), ConFIGMomentum(momentum=0.0)
+    running = torch.zeros(3, 3, dtype=torch.float64)
+    for step in range(1, 6):
+        k = gram(random_grads(3, seed=step))
+        running = beta * running + (1 - beta) * k
+        torch.testing.assert_close(h.weights(k), ConFIG().weights(running / (1 - beta**step)))
+        torch.testing.assert_close(plain.weights(k), ConFIG().weights(k))
+    with pytest.raises(ConfigError, match="momentum"):
+        ConFIGMomentum(momentum=1.0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# FAMO and DB-MTL: weights from the loss values
+# ------------------------------------------------------------------------------------------------------
+def test_famo_starts_from_inverse_loss_weights() -> None:
+    losses = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)
+    inverse = 1.0 / losses
+    torch.testing.assert_close(FAMO().weights(gram(random_grads(3)), losses), inverse / inverse.sum())
+
+
+def test_famo_logits_take_the_official_adam_step() -> None:
+    """The official update: Adam(lr, weight_decay=γ) on the logits, gradient = softmax's VJP with δ."""
+    lr, gamma = 0.1, 0.01
+    h = FAMO(lr=lr, gamma=gamma)
+    logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([logits], lr=lr, weight_decay=gamma)
+    previous = None
+    for step in range(6):
+        losses = loss_values(3, seed=step)
+        got = h.weights(gram(random_grads(3, seed=step)), losses)
+        if previous is not None:
+            delta = torch.log(previous + 1e-8) - torch.log(losses + 1e-8)
+            (grad,) = torch.autograd.grad(torch.softmax(logits, -1), logits, grad_outputs=delta)
+            adam.zero_grad()
+            logits.grad = grad
+            adam.step()
+        z = torch.softmax(logits.detach(), -1) / (losses + 1e-8)
+        torch.testing.assert_close(got, z / z.sum())
+        previous = losses
+
+
+def test_famo_raises_the_weight_of_the_loss_that_decreases_least() -> None:
+    h = FAMO(lr=0.1)
+    k = gram(random_grads(2))
+    for step in range(30):  # loss 1 halves every 10 steps, loss 2 stays
+        h.weights(k, torch.tensor([2.0 ** (-step / 10), 1.0], dtype=torch.float64))
+    logits = h.state_dict()["logits"]
+    assert logits[1] > logits[0]
+
+
+def test_famo_and_dbmtl_need_losses_above_their_bounds() -> None:
+    k = gram(random_grads(2))
+    negative = torch.tensor([2.3, -0.05], dtype=torch.float64)  # MCD's (cls, neg_discrepancy)
+    for cls in (FAMO, DBMTL):
+        h = cls()
+        h.weights(k, loss_values(2))
+        before = h.state_dict()
+        assert h.weights(k, negative).tolist() == [1.0, 1.0]  # falls back to the plain sum
+        assert all(torch.equal(before[key], value) for key, value in h.state_dict().items())
+        bounded = cls(min_losses=[0.0, -1.0]).weights(k, negative)
+        assert bounded.tolist() != [1.0, 1.0] and torch.isfinite(bounded).all()
+        with pytest.raises(ValueError, match="losses"):
+            cls().weights(k)
+        with pytest.raises(ConfigError, match="min_losses"):
+            cls(min_losses=[0.0, 1.0, 2.0]).weights(k, negative)
+
+
+def test_dbmtl_without_averaging_is_libmtl_update() -> None:
+    """LibMTL's DB_MTL with beta = 0: d = max_j ‖ĝ_j‖ Σ_i ĝ_i/‖ĝ_i‖ with ĝ_i the gradient of log(L_i + ε)."""
+    for m in (2, 3, 5):
+        g, losses = random_grads(m, seed=m), loss_values(m, seed=m)
+        log_grads = g / (losses + 1e-8).unsqueeze(1)
+        norms = log_grads.norm(dim=1)
+        expected = norms.max() * (log_grads / norms.unsqueeze(1)).sum(dim=0)
+        torch.testing.assert_close(DBMTL(beta=0.0).weights(gram(g), losses) @ g, expected)
+
+
+def test_dbmtl_running_average_equals_libmtl_buffer_for_steady_gradients() -> None:
+    """LibMTL: b ← ĝ + β_t (b − ĝ), β_t = β / t^σ, d = Σ_i (max_j ‖b_j‖ / ‖b_i‖) b_i; gradients held fixed."""
+    g, losses = random_grads(3, seed=2), loss_values(3, seed=2)
+    log_grads = g / (losses + 1e-8).unsqueeze(1)
+    h, buffer = DBMTL(beta=0.9, beta_sigma=0.5), torch.zeros_like(g)
+    for step in range(1, 6):
+        buffer = log_grads + (0.9 / step**0.5) * (buffer - log_grads)
+        norms = buffer.norm(dim=1)
+        expected = ((norms.max() / norms).unsqueeze(1) * buffer).sum(dim=0)
+        torch.testing.assert_close(h.weights(gram(g), losses) @ g, expected)

@@ -19,6 +19,8 @@ class AlignedMTL(Harmonizer):
 
     name = "aligned_mtl"
     num_losses = None
+    symmetric = True
+    cost = "one m×m eigendecomposition"
 
     def _coefficients(self, gram: Tensor) -> Tensor:
         m = gram.shape[0]

@@ -9,6 +9,11 @@ Methods that modify each gradient separately (GH, PCGrad, GradVac, the GH++ rota
 *harmonized gradients* ĝ_i = Σ_j A_ij g_j through :meth:`Harmonizer.coefficients`; tau is then the
 column sum of A. For the others ĝ_i = tau_i g_i (A = diag(tau)). The diagnostics use A to measure the
 inner product of the harmonized pair (the paper's Fig. 12).
+
+A few methods also weight by the loss values (FAMO, DB-MTL): they set ``needs_losses = True`` and the
+engine passes the detached values of the group's losses as ``losses``; no extra backward pass is taken.
+The class attributes below state what each method supports and guarantees; ``python -m
+uda.harmonizers.table`` prints them for the whole family and the property tests check the claims.
 """
 
 from __future__ import annotations
@@ -30,28 +35,51 @@ class Harmonizer:
     tensors in the Gram matrix's dtype and device, without host synchronisation for two losses.
     """
 
-    #: short name used in logs and summaries
+    #: short name used in logs and summaries; also the name of its conf/harmonizer/<name>.yaml
     name: str = "harmonizer"
     #: number of losses the method is defined for (None: any m >= 1)
     num_losses: int | None = None
+    #: largest number of losses its solver accepts (None: no limit)
+    max_losses: int | None = None
+    #: whether the update d = Σ tau_i g_i provably never opposes a loss gradient (d·g_i >= 0 for every i):
+    #: "yes", "for 2 losses" or "no"
+    conflict_free: str = "no"
+    #: whether permuting the losses permutes the weights alike (False: the loss order or a random order matters)
+    symmetric: bool = False
+    #: whether the weights depend on earlier steps (the state is checkpointed through state_dict)
+    stateful: bool = False
+    #: whether the method also needs the loss values (passed by the engine as ``losses``)
+    needs_losses: bool = False
+    #: work per call, in words, for the table
+    cost: str = ""
 
     # ------------------------------------------------------------------ public
-    def weights(self, gram: Tensor) -> Tensor:
-        """Loss weights tau, shape ``(m,)``, detached: the update is d = Σ_i tau_i g_i."""
-        return self.coefficients(gram).sum(dim=0)
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        """Loss weights tau, shape ``(m,)``, detached: the update is d = Σ_i tau_i g_i.
 
-    def coefficients(self, gram: Tensor) -> Tensor:
+        ``losses`` (the m loss values) is required by the methods with ``needs_losses`` and ignored by the others.
+        """
+        # a subclass may override coefficients(gram) without the losses argument (GradVac): call it that way
+        a = self.coefficients(gram) if losses is None else self.coefficients(gram, losses)
+        return a.sum(dim=0)
+
+    def coefficients(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         """Harmonized-gradient coefficients A, shape ``(m, m)``: ĝ_i = Σ_j A_ij g_j, tau = A.sum(0)."""
         k = self._validated(gram)
         eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
         finite = torch.isfinite(k).all()
         # solvers never see a non-finite matrix (eigh and friends raise on NaN); the result is discarded
-        a = self._coefficients(torch.where(finite, k, eye))
+        safe = torch.where(finite, k, eye)
+        if self.needs_losses:
+            a = self._coefficients_with_losses(safe, self._validated_losses(losses, k))
+        else:
+            a = self._coefficients(safe)
         usable = finite & torch.isfinite(a).all() & (torch.diagonal(k) > 0).all()
+        self._commit(usable)
         return torch.where(usable, a, eye).to(gram.dtype)
 
-    def __call__(self, gram: Tensor) -> Tensor:
-        return self.weights(gram)
+    def __call__(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        return self.weights(gram, losses)
 
     # ------------------------------------------------------- subclass hooks
     def _weights(self, gram: Tensor) -> Tensor:
@@ -60,6 +88,15 @@ class Harmonizer:
     def _coefficients(self, gram: Tensor) -> Tensor:
         """Default: the method rescales each gradient, ĝ_i = tau_i g_i."""
         return torch.diag(self._weights(gram))
+
+    def _coefficients_with_losses(self, gram: Tensor, losses: Tensor) -> Tensor:
+        """The hook of methods with ``needs_losses``: A from the Gram matrix and the loss values (work dtype)."""
+        raise NotImplementedError
+
+    def _commit(self, usable: Tensor) -> None:
+        """Stateful methods: keep the state computed by this call only where ``usable`` (a 0-d bool tensor,
+        False when the step fell back to the plain sum), with ``torch.where``, so no host synchronisation."""
+        return None
 
     # Stateful harmonizers (GradVac's EMA target, random task orders) override these so their state
     # is checkpointed with the model.
@@ -81,6 +118,17 @@ class Harmonizer:
         work_dtype = torch.float64 if gram.device.type != "mps" else torch.float32
         k = gram.detach().to(work_dtype)
         return 0.5 * (k + k.T)  # exact symmetry; rounding in G Gᵀ can differ in the last bit
+
+    def _validated_losses(self, losses: Tensor | None, k: Tensor) -> Tensor:
+        if losses is None:
+            raise ValueError(
+                f"{self.name} weights the losses by their values: pass `losses` (one value per row of the Gram "
+                "matrix); the engine does this for every harmonizer with needs_losses = True"
+            )
+        values = torch.as_tensor(losses).detach().to(device=k.device, dtype=k.dtype)
+        if values.shape != (k.shape[0],):
+            raise ValueError(f"{self.name}: expected {k.shape[0]} loss values, got shape {tuple(values.shape)}")
+        return values
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self._params().items())

@@ -23,6 +23,9 @@ class GH(Harmonizer):
 
     name = "gh"
     num_losses = 2
+    conflict_free = "yes"
+    symmetric = True
+    cost = "closed form"
 
     def _coefficients(self, gram: Tensor) -> Tensor:
         return projection_coefficients(gram)

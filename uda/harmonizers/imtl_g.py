@@ -19,6 +19,9 @@ class IMTLG(Harmonizer):
 
     name = "imtl_g"
     num_losses = None
+    conflict_free = "for 2 losses"
+    symmetric = True
+    cost = "closed form for 2; one (m − 1)² pseudo-inverse"
 
     def _weights(self, gram: Tensor) -> Tensor:
         m = gram.shape[0]

@@ -63,6 +63,10 @@ class MGDA(Harmonizer):
 
     name = "mgda"
     num_losses = None
+    max_losses = MAX_EXACT_LOSSES
+    conflict_free = "yes"
+    symmetric = True
+    cost = "closed form for 2; 2^m − 1 small solves on the CPU (m ≤ 10)"
 
     def _weights(self, gram: Tensor) -> Tensor:
         if gram.shape[0] == 1:

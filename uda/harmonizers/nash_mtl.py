@@ -19,6 +19,9 @@ class NashMTL(Harmonizer):
 
     name = "nash_mtl"
     num_losses = 2
+    conflict_free = "yes"
+    symmetric = True
+    cost = "closed form"
 
     def __init__(self, eps: float = 1e-8) -> None:
         self.eps = float(eps)

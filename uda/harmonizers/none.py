@@ -16,6 +16,8 @@ class NoHarmonizer(Harmonizer):
     """
 
     name = "none"
+    symmetric = True
+    cost = "none"
 
     def _weights(self, gram: Tensor) -> Tensor:
         return torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)

@@ -22,6 +22,9 @@ class PCGrad(Harmonizer):
 
     name = "pcgrad"
     num_losses = None
+    conflict_free = "for 2 losses"
+    stateful = True  # the seeded random order
+    cost = "m(m − 1) sequential projections (a host loop over the losses)"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
