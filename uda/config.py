@@ -113,3 +113,22 @@ def _check_domains(cfg: DictConfig) -> None:
         f"dataset.source and dataset.target are both {resolved['source']!r}: domain adaptation needs two "
         f"different domains; choose another dataset.target (domains: {choices() if domains else 'see the dataset'})",
     )
+
+
+#: datasets whose recipe is the baseline's own defaults (conf/baseline/*.yaml are digits-scale)
+DEFAULTS_ARE_THE_RECIPE = ("offline_digits",)
+
+
+def recipe_notice(cfg: DictConfig, choices: dict[str, str]) -> str | None:
+    """One sentence when no paper recipe exists for the chosen (dataset, baseline), else None.
+
+    ``conf/recipe/<dataset>_<baseline>.yaml`` sets ``applied_recipe`` when Hydra found it (train.yaml selects
+    it by interpolating the two choices); without one, the baseline trains with its digits-scale defaults.
+    """
+    dataset, baseline = choices.get("dataset"), choices.get("baseline")
+    if cfg.get("applied_recipe") or dataset is None or baseline is None or dataset in DEFAULTS_ARE_THE_RECIPE:
+        return None
+    return (
+        f"no paper recipe for baseline={baseline} on dataset={dataset} (no conf/recipe/{dataset}_{baseline}.yaml): "
+        "it trains with the baseline's digits-scale defaults (optimizer, lengths, heads), so set them explicitly"
+    )

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from uda.checkpoint import AtomicCheckpointIO, keep_previous_csv, resolve_ckpt_path
-from uda.config import validate
+from uda.config import recipe_notice, validate
 from uda.errors import ConfigError, UserError
 from uda.loggers import build_loggers, finish_wandb
+from uda.models.input_check import check_backbone_takes
 from uda.module import EngineOptions, UDAModule
 from uda.provenance import provenance
 from uda.summary import format_summary, write_summary
@@ -125,6 +127,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         num_classes=datamodule.num_classes,
         **dataset_facts(cfg.baseline, datamodule),
     )
+    choices = _choices()
+    notice = recipe_notice(cfg, choices)
+    if notice:
+        log.warning(notice)
+    # data present and readable, and a backbone that takes its images: checked now, not at the first step
+    datamodule.setup("fit")
+    with torch.random.fork_rng(devices=[]):  # a random train transform must not shift the run's RNG stream
+        sample = datamodule.source_data.train[0][0]
+    backbone_choice = choices.get("backbone", "")
+    label = f"backbone={backbone_choice}" if backbone_choice and not backbone_choice.startswith("for_") else None
+    check_backbone_takes(backbone, sample, label or f"the recipe backbone ({type(backbone).__name__})")
     engine = EngineOptions(**OmegaConf.to_container(cfg.engine, resolve=True))
     module = UDAModule(
         baseline,
@@ -155,7 +168,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:  # an evaluation-only baseline (zeroshot_clip): nothing to train, one evaluation
         trainer.validate(module, datamodule=datamodule)
 
-    choices = _choices()
     summary = {
         "dataset": choices.get("dataset", datamodule.name),
         "task": datamodule.task,
@@ -187,6 +199,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def job_failure_sentence(err: BaseException) -> str:
+    """One line saying that a sweep job failed unexpectedly, with what, and where the traceback is."""
+    lines = str(err).strip().splitlines()
+    what = f"{type(err).__name__}: {lines[0].strip().rstrip('.')}" if lines else type(err).__name__
+    return f"the job failed with {what}; the traceback is in this job's run.log: fix the cause and rerun this job"
+
+
 def _in_multirun() -> bool:
     from hydra.types import RunMode
 
@@ -196,7 +215,8 @@ def _in_multirun() -> bool:
 def main(cfg: DictConfig) -> float | None:
     """Entry point used by ``run.py``: user errors end in one sentence and a non-zero exit.
 
-    In a sweep (``-m``) a failing job writes ``error.txt`` in its directory and the sweep goes on.
+    In a sweep (``-m``) a failing job, whatever the error, writes one sentence to ``error.txt`` in its
+    directory and the sweep goes on.
     """
     exit_code = 1
     try:
@@ -208,6 +228,15 @@ def main(cfg: DictConfig) -> float | None:
             (_output_dir(cfg) / "error.txt").write_text(f"{err}\n")
             return None
         raise SystemExit(2) from None
+    except Exception as err:
+        if not _in_multirun():
+            raise  # a single run shows the whole traceback
+        # in a sweep one broken job must not stop the others: one sentence in error.txt, the traceback in the log
+        sentence = job_failure_sentence(err)
+        log.exception(sentence)
+        print(f"error: {sentence}", file=sys.stderr, flush=True)
+        (_output_dir(cfg) / "error.txt").write_text(f"{sentence}\n")
+        return None
     finally:
         finish_wandb(exit_code)
     print(format_summary(summary), flush=True)

@@ -1,5 +1,6 @@
 """Backbones, heads and gradient reversal."""
 
+from uda.models.digits_backbone import digits_backbone
 from uda.models.dtn import DTN
 from uda.models.grl import WarmStartSchedule, grad_reverse
 from uda.models.heads import Bottleneck, DomainDiscriminator, RandomizedMultilinearMap, multilinear_map
@@ -14,6 +15,7 @@ __all__ = [
     "RandomizedMultilinearMap",
     "TimmBackbone",
     "WarmStartSchedule",
+    "digits_backbone",
     "grad_reverse",
     "multilinear_map",
 ]
