@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 
 from uda.analysis import balance_measures, evaluation, lda_criterion, predict_with_features, stratified_indices
 from uda.baselines.dwl_weight import lda_discriminability
+from uda.callbacks import FeatureAnalysis
+from uda.errors import ConfigError
 
 BASELINES = ("source_only", "dann", "cdan", "mcd", "gvb", "dwl", "ssrt")
 
@@ -71,3 +73,18 @@ def test_feature_hook_catches_one_row_per_image_on_every_baseline(train_cfg, bas
     twice = torch.nn.Identity()
     with pytest.raises(ValueError, match="ran 2 times"):
         predict_with_features(lambda v: twice(twice(v)), twice, x)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"split": "val"}, "split='val' is unknown"),
+        ({"num_samples": 1}, "num_samples must be >= 2"),
+        ({"balance_every": -1}, "balance_every must be >= 0"),
+        ({"plots": "sometimes"}, "plots='sometimes' is unknown"),
+        ({"batch_size": 0}, "batch_size must be positive"),
+    ],
+)
+def test_bad_callback_options_fail_in_one_sentence(option: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        FeatureAnalysis(**option)

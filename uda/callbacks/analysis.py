@@ -86,7 +86,7 @@ class FeatureAnalysis(Callback):
         seed: int = 0,
         batch_size: int | None = None,
         plots: bool | str = "auto",
-        tsne_points: int = 300,
+        tsne_points: int = 200,
     ) -> None:
         if int(num_samples) < 2:
             raise ConfigError(f"callbacks.analysis.num_samples must be >= 2 images per domain, got {num_samples}")
