@@ -13,14 +13,21 @@ target images of 3x224x224, SGD Nesterov. Variants of the same training step:
 * ``none_bf16``        ``none`` with the forward under CPU bf16 autocast
 * ``gh_2pass_bf16``    ``gh_2pass`` with the forward under CPU bf16 autocast (Gram and tau in float32 outside)
 
-Timing: every variant steps the same model and optimizer (one ResNet-50 in memory); after one warm-up step
-each, ``--rounds`` rounds run every variant once, in an order rotated each round so that neither position
-nor drift of the shared machine favours one; medians over rounds are reported, with the ratios to ``none``.
+The bf16 variants run where the CPU has oneDNN's bf16 kernels (AVX-512 BF16 / AMX; ``--bf16 auto``). Without
+them PyTorch computes bf16 convolutions in ``aten::_slow_conv2d`` (im2col + a generic GEMM), many times
+slower than float32, so their step ratios would time that fallback rather than harmonization; ``--bf16 on``
+times them anyway. Either way the run measures the fallback's cost on one ResNet-50 convolution
+(``bf16_conv``: float32 vs bf16-autocast forward + backward of layer1's 3x3 conv at 2x64x56x56).
 
-Peak memory (after the timing): for each variant, the growth of the resident set above the model and
-optimizer state (``.grad`` freed first) during one step, sampled every 0.5 ms by a thread. Before this phase
-glibc is told to serve every block of 64 KiB or more with mmap (``mallopt``), so a freed tensor leaves the
-resident set at once and one variant's peak does not hide in memory kept from the previous one.
+Every variant steps the same model and optimizer (one ResNet-50 in memory). One untimed step creates the
+optimizer state; then each variant's first step (its warm-up: oneDNN primitives, autocast, vmap set-up)
+measures its peak memory, and ``--rounds`` timed rounds run every variant once, in an order rotated each
+round so that neither position nor drift of the shared machine favours one; medians over rounds are
+reported, with the ratios to ``none``.
+
+Peak memory: the growth of the resident set during one step of the variant, above the model, its optimizer
+state and nothing else (``.grad`` freed, then ``malloc_trim`` returns the free heap pages to the system, so
+memory kept from the previous variant cannot hide this one's peak), sampled every 0.5 ms by a thread.
 
     nice -n 5 python benchmarks/resnet50_step.py   # writes benchmarks/results/resnet50_step.{json,md}
 """
@@ -32,6 +39,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -41,12 +49,17 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-from torch import Tensor
+# Before torch loads OpenMP: idle workers sleep instead of spinning. On a shared, oversubscribed machine a
+# spinning worker burns the time slice its partner needs to reach the barrier (measured here: a ResNet-50
+# step 8x slower with 2 spinning threads than with 1); on an idle machine the setting costs little.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from uda.baselines import CDAN, UDABatch
-from uda.harmonizers import GH, feature_space_backward, harmonized_backward, three_pass_backward
-from uda.models import TimmBackbone
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from uda.baselines import CDAN, UDABatch  # noqa: E402
+from uda.harmonizers import GH, feature_space_backward, harmonized_backward, three_pass_backward  # noqa: E402
+from uda.models import TimmBackbone  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 VARIANTS = (
@@ -128,23 +141,48 @@ def step(variant: str, model: CDAN, opt: torch.optim.Optimizer, batch: UDABatch,
     return torch.stack([loss.detach().float() for loss in losses])
 
 
-def time_variants(model: CDAN, opt: torch.optim.Optimizer, rounds: int) -> tuple[dict[str, list[float]], bool]:
-    data = make_batches(2)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+def time_variants(
+    variants: tuple[str, ...], model: CDAN, opt: torch.optim.Optimizer, data: list[UDABatch], rounds: int
+) -> tuple[dict[str, list[float]], bool]:
+    times: dict[str, list[float]] = {v: [] for v in variants}
     finite = True
-    for k, v in enumerate(VARIANTS):  # warm-up: first-call allocations, autocast caches, vmap set-up
-        opt.zero_grad(set_to_none=True)
-        step(v, model, opt, data[k % 2], ITERATION)
     for r in range(rounds):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for k, v in enumerate(order):
             opt.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            losses = step(v, model, opt, data[(r + k) % 2], ITERATION + r)
+            losses = step(v, model, opt, data[(r + k) % len(data)], ITERATION + r)
             times[v].append(time.perf_counter() - t0)
             finite = finite and bool(torch.isfinite(losses).all())
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in VARIANTS), flush=True)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
     return times, finite
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has oneDNN's bf16 kernels (else bf16 convolutions take PyTorch's slow fallback)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_conv_cost(repeats: int = 3) -> dict[str, float]:
+    """Median seconds of forward + backward of ResNet-50's layer1 3x3 conv (2x64x56x56), float32 vs bf16 autocast."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    x = torch.randn(2, 64, 56, 56, requires_grad=True)
+    out: dict[str, float] = {}
+    for name, enabled in (("float32_s", False), ("bf16_autocast_s", True)):
+        times = []
+        for _ in range(repeats + 1):  # the first call builds kernels: not counted
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                y = conv(x)
+            y.float().sum().backward()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times[1:])
+    out["slowdown"] = out["bf16_autocast_s"] / out["float32_s"]
+    return out
 
 
 def current_rss_bytes() -> int:
@@ -156,21 +194,20 @@ def current_rss_bytes() -> int:
         return 0
 
 
-def release_freed_memory_at_once() -> bool:
-    """glibc: serve blocks >= 64 KiB with mmap from now on, so freeing them shrinks the resident set."""
+def release_free_heap() -> bool:
+    """Return glibc's free heap pages to the system (``malloc_trim(0)``); False where that is unavailable."""
     name = ctypes.util.find_library("c")
-    if not name:
+    try:
+        return bool(name) and ctypes.CDLL(name).malloc_trim(0) in (0, 1)
+    except (OSError, AttributeError):
         return False
-    libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1 and libc.mallopt(m_trim_threshold, 64 * 1024) == 1
-    libc.malloc_trim(0)
-    return ok
 
 
 def peak_step_memory_mb(variant: str, model: CDAN, opt: torch.optim.Optimizer, batch: UDABatch) -> float:
     """MB the resident set grows above model + optimizer state (.grad freed) during one step of ``variant``."""
     opt.zero_grad(set_to_none=True)
+    gc.collect()
+    release_free_heap()
     start = current_rss_bytes()
     peak = [start]
     running = threading.Event()
@@ -208,6 +245,18 @@ def markdown(result: dict) -> str:
             f"| {name} | {r['median_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} | {r['median_s'] / none:.2f} | "
             f"{r['peak_memory_mb']:.0f} |"
         )
+    conv = result["bf16_conv"]
+    lines += [
+        "",
+        f"bf16 autocast: oneDNN bf16 kernels on this CPU: {result['native_bf16']}; "
+        + (
+            "bf16 variants timed above. "
+            if "none_bf16" in rows
+            else "bf16 variants not timed (`--bf16 on` forces them). "
+        )
+        + f"One ResNet-50 conv (layer1 3x3, 2x64x56x56) forward + backward: {1e3 * conv['float32_s']:.0f} ms float32, "
+        f"{1e3 * conv['bf16_autocast_s']:.0f} ms under bf16 autocast ({conv['slowdown']:.1f}x).",
+    ]
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     for t in result["targets"]:
         lines.append(
@@ -219,8 +268,9 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="time the bf16 variants")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     if args.threads:
@@ -229,10 +279,13 @@ def main() -> None:
     load_before = os.getloadavg()
     model = make_model().train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3, nesterov=True)
-    times, finite = time_variants(model, opt, args.rounds)
-    mallopt = release_freed_memory_at_once()
-    batch = make_batches(1)[0]
-    memory = {v: peak_step_memory_mb(v, model, opt, batch) for v in VARIANTS}
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16())
+    chosen = tuple(v for v in VARIANTS if bf16 or not v.endswith("_bf16"))
+    conv = bf16_conv_cost()
+    data = make_batches(2)
+    step("none", model, opt, data[1], ITERATION)  # creates the optimizer state (momentum buffers)
+    memory = {v: peak_step_memory_mb(v, model, opt, data[0]) for v in chosen}  # and each variant's warm-up
+    times, finite = time_variants(chosen, model, opt, data, args.rounds)
     variants = {
         v: {
             "median_s": statistics.median(times[v]),
@@ -241,7 +294,7 @@ def main() -> None:
             "times_s": times[v],
             "peak_memory_mb": memory[v],
         }
-        for v in VARIANTS
+        for v in chosen
     }
     targets = []
     for num, den, limit in TARGETS:
@@ -254,13 +307,17 @@ def main() -> None:
         "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(),
+        "bf16_conv": conv,
         "setup": {
             "model": "CDAN+E, timm resnet50 (random init), linear bottleneck 256, randomized map 1024, disc. 1024",
             "batch_per_domain": BATCH,
             "image_size": SIZE,
             "num_classes": NUM_CLASSES,
             "rounds": args.rounds,
-            "memory_mallopt": mallopt,
+            "memory_malloc_trim": release_free_heap(),
         },
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "losses_finite": finite,
