@@ -16,8 +16,12 @@
 # Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp mgda", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
 #      NICE=19 (the study yields the CPU to everything else), PY=.venv/bin/python, STOP_FILE (see below),
 #      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test),
-#      OMP_NUM_THREADS=1 (threads per run).
+#      OMP_NUM_THREADS=1 (threads per run), JOBS=1 (runs at a time; each run is locked by its worker).
 # A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
+# Yielding the CPU: on Linux with sched_autogroup_enabled=1, nice only ranks processes inside their session's
+# autogroup, and the autogroups share the CPU as equals. To let the study take only idle CPU, start it in a
+# session of its own and lower that session's weight:
+#   setsid benchmarks/fonts_study.sh cdan & echo 19 > /proc/$!/autogroup
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-logs/study/fonts}
@@ -27,6 +31,7 @@ SOURCE=${SOURCE:-fonts}
 TARGET=${TARGET:-mnist}
 NICE=${NICE:-19}
 STOP_FILE=${STOP_FILE:-$OUT/STOP}
+JOBS=${JOBS:-1}
 # one intra-op thread per run: a LeNet batch gains little from two, and on a shared, oversubscribed machine
 # OpenMP threads waiting on each other waste the CPU the study is meant to take only when idle
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -48,7 +53,7 @@ iterations() {
 }
 
 one_run() {  # baseline harmonizer seed
-  local dir="$OUT/${SOURCE}_${TARGET}/$1/$2/seed$3"
+  local dir="$OUT/${SOURCE}_${TARGET}/$1/$2/seed$3" lock
   if [ -f "$dir/summary.json" ]; then
     echo "done already: $dir"
     return 0
@@ -58,6 +63,13 @@ one_run() {  # baseline harmonizer seed
     exit 0
   fi
   mkdir -p "$dir"
+  # a run belongs to the worker holding its lock (released when that worker's processes end, even killed)
+  exec {lock}>"$dir/.lock"
+  if ! flock -n "$lock" || [ -f "$dir/summary.json" ]; then
+    echo "running or finished in another worker: $dir"
+    exec {lock}>&-
+    return 0
+  fi
   echo "$(date -u +%FT%TZ) start $dir"
   # shellcheck disable=SC2046  # iterations prints two overrides
   if nice -n "$NICE" "$PY" run.py baseline="$1" harmonizer="$2" seed="$3" dataset.source="$SOURCE" \
@@ -69,16 +81,27 @@ one_run() {  # baseline harmonizer seed
     [ -f "$dir/error.txt" ] || tail -n 1 "$dir/stdout.log" >"$dir/error.txt"
     echo "$(date -u +%FT%TZ) FAILED $dir (see $dir/stdout.log)"
   fi
+  exec {lock}>&-
 }
 
-for seed in $SEEDS; do
-  for baseline in "${baselines[@]}"; do
-    if [ "$baseline" = source_only ]; then
-      one_run source_only none "$seed"  # one loss: every harmonizer is a no-op
-    else
-      for harmonizer in $HARMONIZERS; do
-        one_run "$baseline" "$harmonizer" "$seed"
-      done
-    fi
+walk() {  # every run of the study in order; runs finished or held by another worker are passed over
+  for seed in $SEEDS; do
+    for baseline in "${baselines[@]}"; do
+      if [ "$baseline" = source_only ]; then
+        one_run source_only none "$seed"  # one loss: every harmonizer is a no-op
+      else
+        for harmonizer in $HARMONIZERS; do
+          one_run "$baseline" "$harmonizer" "$seed"
+        done
+      fi
+    done
   done
+}
+
+# JOBS workers walk the same list; each takes the next run that is neither finished nor held
+for ((job = 1; job < JOBS; job++)); do
+  walk &
+  sleep 2
 done
+walk
+wait
