@@ -93,7 +93,7 @@ def test_zero_gradient_and_bad_settings() -> None:
             SignFlip(negate=bad)
     with pytest.raises(ValueError, match="exactly 2 losses"):
         SignFlip().weights(torch.eye(3, dtype=torch.float64))
-    assert repr(SignFlip(negate=2)) == "flip(negate=2)"
+    assert (repr(SignFlip(negate=1)), repr(SignFlip(negate=2))) == ("flip_align", "flip_cls")
 
 
 @pytest.mark.parametrize(("choice", "negate"), [("flip_align", 1), ("flip_cls", 2)])
