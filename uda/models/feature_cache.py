@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: the modulus of the fingerprint (a Mersenne prime)
 PRIME = 2**31 - 1
@@ -92,3 +92,19 @@ class ImageFeatureCache:
         self.hits += len(keys) - len(missing)
         rows = [fresh[k] if k in fresh else self._store[k] for k in keys]
         return torch.stack(rows).to(x.device)
+
+
+class FrozenImageFeatures(nn.Module):
+    """``forward(encoder, x)``: the features of a frozen image encoder for a batch, from ``cache`` when given.
+
+    A module of its own (without parameters; the encoder is passed in, not owned) so that the per-image
+    features of a prompt baseline are one module's output per batch, whether they were computed or cached:
+    forward hooks (the analysis callback's) see them either way.
+    """
+
+    def __init__(self, cache: ImageFeatureCache | None = None) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def forward(self, encoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return encoder(x) if self.cache is None else self.cache(encoder, x)
