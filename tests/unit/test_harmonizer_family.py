@@ -36,6 +36,7 @@ from uda.harmonizers import (
     ProGrad,
     UPGrad,
 )
+from uda.harmonizers.host_sync import host_reads_recorded
 from uda.harmonizers.table import harmonizer_classes
 
 #: every exported harmonizer, so a new one runs the generic checks without being listed here
@@ -158,10 +159,26 @@ def test_plain_sum_does_conflict_on_these_cases() -> None:
     assert conflicts > 10
 
 
-def test_gh_equals_pcgrad_for_two_losses() -> None:
+def projected_pair(g: torch.Tensor) -> torch.Tensor:
+    """PCGrad's surgery (Yu et al. 2020, Algorithm 1) done on the two gradient vectors themselves: when they
+    conflict, each is projected onto the normal plane of the other (GH paper Eq. 4 and its mirror)."""
+    g1, g2 = g
+    c = g1 @ g2
+    if c >= 0:
+        return g.clone()
+    return torch.stack([g1 - c / (g2 @ g2) * g2, g2 - c / (g1 @ g1) * g1])
+
+
+def test_gh_and_pcgrad_equal_the_projection_of_the_vectors_for_two_losses() -> None:
+    conflicting = 0
     for seed in range(20):
-        k = gram(random_grads(2, seed=seed))
-        torch.testing.assert_close(PCGrad(seed=seed).coefficients(k), GH().coefficients(k))
+        g = random_grads(2, seed=seed, conflict=seed % 2 == 0)
+        expected = projected_pair(g)
+        conflicting += int(g[0] @ g[1] < 0)
+        for harmonizer in (GH(), PCGrad(seed=seed)):
+            torch.testing.assert_close(harmonizer.coefficients(gram(g)) @ g, expected)  # ĝ1, ĝ2
+            torch.testing.assert_close(harmonizer.weights(gram(g)) @ g, expected.sum(0))  # the update
+    assert 0 < conflicting < 20  # both branches were exercised
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -295,6 +312,24 @@ def test_cagrad_zero_radius_is_the_mean_and_objective_is_minimized() -> None:
 def test_two_loss_methods_refuse_other_sizes(cls) -> None:
     with pytest.raises(ValueError, match="exactly 2"):
         cls().weights(torch.eye(3))
+
+
+@pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.name)
+def test_two_loss_weights_never_read_device_values_on_the_host(cls) -> None:
+    """No .item(), bool(tensor), host copy, ... in a two-loss call: on a GPU the step never waits for it."""
+    h = cls()
+    tau(h, gram(random_grads(2, seed=0)).float())  # the first call may allocate state
+    with host_reads_recorded() as reads:
+        for seed in range(1, 4):
+            tau(h, gram(random_grads(2, seed=seed)).float(), loss_values(2, seed).float())
+    assert reads == []
+
+
+def test_the_host_read_inspection_sees_the_usual_culprits() -> None:
+    t = torch.tensor([1.0, -2.0])
+    with host_reads_recorded() as reads:
+        t[0].item(), bool(t[0] > 0), t[t > 0], t[torch.argmax(t)], t.tolist(), t.to("cpu"), torch.nonzero(t)
+    assert len(reads) == 7
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def _solve_two(gram: Tensor, c: Tensor, points: int = 1001, rounds: int = 3) -> 
     for _ in range(rounds):
         x = lo + (hi - lo) * grid
         f = _objective(torch.stack([x, 1 - x], dim=-1), gram, c)
-        best = x[torch.argmin(f)]
+        best = x.gather(0, torch.argmin(f).view(1))[0]  # x[0-d tensor] would read the index on the host
         step = (hi - lo) / (points - 1)
         lo, hi = torch.clamp(best - step, min=0.0), torch.clamp(best + step, max=1.0)
     return torch.stack([best, 1 - best])
