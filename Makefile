@@ -31,6 +31,7 @@ bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughpu
 	$(PY) benchmarks/harmonizer_overhead.py
 	$(PY) benchmarks/resnet50_step.py
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/harmonizer_calls.py
 
 RUNS ?= logs/study/fonts
 OUT ?= benchmarks/results/fonts_study
