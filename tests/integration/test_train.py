@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import QUICK
 from uda.errors import DivergenceError
@@ -22,16 +23,43 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def assert_png_figure(path: Path) -> None:
+    """``path`` is a PNG with drawn content: the signature, a real size, many colours (not a blank canvas)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > 20_000, f"{path} has only {len(data)} bytes"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 400, image.size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, f"{path} looks blank"
+
+
+def check_harmonized_steps(harmonizer: str, tau_rows: list[dict[str, str]]) -> None:
+    """GH and GH++ act exactly on the conflicting steps: tau = (1, 1) where g1·g2 >= 0, and where the pair
+    conflicts GH raises both weights (paper Eq. 42: tau_i = 1 - c/‖g_i‖² > 1) while GH++ raises tau1 and lowers
+    tau2 (Eq. 43). GH's update never opposes either gradient."""
+    conflicting = [r for r in tau_rows if float(r["harmonizer/conflict"]) == 1.0]
+    assert conflicting, "no step conflicted: the check of the applied tau would be vacuous"
+    for row in tau_rows:
+        tau1, tau2 = float(row["harmonizer/tau1"]), float(row["harmonizer/tau2"])
+        if row in conflicting:
+            assert (tau1 > 1.0 and tau2 >= 1.0) if harmonizer == "gh" else (tau1 > 1.0 > tau2), (tau1, tau2)
+        else:
+            assert (tau1, tau2) == (1.0, 1.0)
+        if harmonizer == "gh":
+            assert float(row["harmonizer/conflict_after"]) == 0.0
+
+
 @pytest.mark.parametrize("harmonizer", HARMONIZERS)
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_every_baseline_and_harmonizer_trains(train_cfg, tmp_path, baseline: str, harmonizer: str) -> None:
-    cfg = train_cfg(f"baseline={baseline}", f"harmonizer={harmonizer}", *QUICK)
+    # a GRL that warms up within the 4 iterations, so the alignment gradient conflicts on some step
+    grl = () if baseline == "source_only" else ("baseline.grl.max_iter=40",)
+    cfg = train_cfg(f"baseline={baseline}", f"harmonizer={harmonizer}", *grl, *QUICK)
     summary = run(cfg)
 
     assert summary["iterations"] == 4
     assert summary["baseline"] == baseline
-    assert 0.0 <= summary["target_acc_last"] <= 1.0 and 0.0 <= summary["target_acc_best"] <= 1.0
-    assert summary["target_acc_best"] >= summary["target_acc_last"]
     assert json.loads((tmp_path / "summary.json").read_text())["task"] == "mnist→uci"
 
     rows = read_metrics(tmp_path)
@@ -49,17 +77,36 @@ def test_every_baseline_and_harmonizer_trains(train_cfg, tmp_path, baseline: str
         assert len(tau_rows) == 4 and summary["monitored_steps"] == 4
         assert all(r.get("train/align_loss") for r in train_rows)
         assert {"harmonizer/cos", "harmonizer/conflict", "harmonizer/tau2"} <= set(rows[0])
+        check_harmonized_steps(harmonizer, tau_rows)
+        conflicts = [float(r["harmonizer/conflict"]) for r in tau_rows]
+        assert summary["conflict_rate"] == pytest.approx(sum(conflicts) / 4)
+        if harmonizer == "gh":
+            assert summary["conflict_rate_after"] == 0.0
+    if baseline != "source_only":  # the gradient diagnostics were measured, hence plotted
+        for name in ("epoch_000.png", "final.png"):
+            assert_png_figure(tmp_path / "diagnostics" / name)
     eval_rows = [r for r in rows if r.get("target/acc")]
     assert len(eval_rows) == 2 and all(r.get("target/acc_mean_class") for r in eval_rows)
+    # the summary reports the logged evaluations: the last one, and the best one (the oracle selection)
+    accs = [float(r["target/acc"]) for r in eval_rows]
+    assert summary["target_acc_last"] == pytest.approx(accs[-1])
+    assert summary["target_acc_best"] == pytest.approx(max(accs))
+    assert summary["target_acc_best_iteration"] == 2 * (accs.index(max(accs)) + 1)
 
 
-def test_grl_coefficient_follows_the_iteration_counter(train_cfg, tmp_path) -> None:
-    summary = run(train_cfg("baseline=cdan", "harmonizer=gh", "baseline.grl.max_iter=40", *QUICK))
-    rows = [r for r in read_metrics(tmp_path) if r.get("train/grl_coeff")]
+def test_grl_coefficient_and_learning_rate_follow_the_iteration_counter(train_cfg, tmp_path) -> None:
+    schedule_overrides = ("optimizer.lr=0.02", "scheduler.gamma=0.1", "scheduler.power=0.5")
+    summary = run(train_cfg("baseline=cdan", "harmonizer=gh", "baseline.grl.max_iter=40", *schedule_overrides, *QUICK))
+    metrics = read_metrics(tmp_path)
+    rows = [r for r in metrics if r.get("train/grl_coeff")]
     schedule = WarmStartSchedule(max_iter=40)
     # row k was logged at iteration k, after 2 gradient probes and 1 forward per iteration
     assert [float(r["train/grl_coeff"]) for r in rows] == pytest.approx([schedule(k) for k in range(4)])
     assert summary["iterations"] == 4
+    # the inv schedule lr·(1 + γi)^-p, stepped once per iteration; row k is logged after iteration k's step,
+    # so it shows the rate of iteration k + 1
+    lrs = [float(r["train/lr"]) for r in metrics if r.get("train/lr")]
+    assert lrs == pytest.approx([0.02 * (1 + 0.1 * (k + 1)) ** -0.5 for k in range(4)], rel=1e-6)
 
 
 def test_trade_off_reaches_the_stage(train_cfg) -> None:
