@@ -37,6 +37,29 @@ def test_joblib_multirun_runs_each_job_in_its_own_directory_and_survives_a_faili
     assert "harmonizer.lam" in error and len(error.splitlines()) == 1
 
 
+def test_sequential_sweep_goes_on_after_a_job_that_crashes_in_the_middle(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    # momentum=0 passes validation, but torch's SGD refuses Nesterov (the preset's) without momentum: the middle
+    # job dies of an unexpected ValueError inside trainer.fit, not of a user error
+    proc = run_cli("-m", "optimizer.momentum=0.9,0,0.5", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == [
+        "0_+trainer.fast_dev_run=True,optimizer.momentum=0.9",
+        "1_+trainer.fast_dev_run=True,optimizer.momentum=0",
+        "2_+trainer.fast_dev_run=True,optimizer.momentum=0.5",
+    ]
+    first, failed, last = jobs
+    for job in (first, last):  # the job after the failure ran too
+        assert json.loads((job / "summary.json").read_text())["iterations"] == 1
+        assert not (job / "error.txt").exists()
+    assert not (failed / "summary.json").exists()
+    error = (failed / "error.txt").read_text()
+    assert error.endswith("\n") and len(error.strip().splitlines()) == 1
+    assert "ValueError: Nesterov momentum requires a momentum" in error and "run.log" in error
+    assert "Traceback" in (failed / "run.log").read_text()  # the details are kept for whoever fixes it
+
+
 def test_optuna_preset_tunes_lambda_on_source_accuracy_not_the_target_oracle(tmp_path) -> None:
     cfg = compose_train(["sweep=lam_optuna"], tmp_path)
     assert cfg.optimized_metric == "source_acc_best"
