@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from uda.checkpoint import AtomicCheckpointIO, keep_previous_csv, resolve_ckpt_path
@@ -239,6 +240,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     finally:
         finish_wandb(exit_code)
-    print(format_summary(summary), flush=True)
+    if rank_zero_only.rank == 0:  # under DDP every rank returns the summary; one prints it
+        print(format_summary(summary), flush=True)
     value = summary.get(cfg.get("optimized_metric", "target_acc_last"))
     return None if value is None else float(value)

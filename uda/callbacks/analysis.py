@@ -170,7 +170,8 @@ class FeatureAnalysis(Callback):
     def confusion(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
         """Target confusion counts (rows: true class, columns: predicted) on the whole target test split."""
         baseline = pl_module.baseline
-        metric = MulticlassConfusionMatrix(baseline.num_classes).to(pl_module.device)
+        # rank 0 alone reads the whole split here: a sync on compute would wait for ranks that never call it
+        metric = MulticlassConfusionMatrix(baseline.num_classes, sync_on_compute=False).to(pl_module.device)
         with preserved_rng(), evaluation(pl_module):
             for x, y in self._loader(trainer, self._datamodule(trainer).target_data.test):
                 metric.update(baseline.predict(x.to(pl_module.device)), y.to(pl_module.device))
