@@ -124,3 +124,12 @@ def test_wandb_group_is_the_experiment_preset(tmp_path) -> None:
     assert run_group(cfg) == "office31_cdan"
     cfg = compose_train(["dataset.source=uci", "dataset.target=mnist", "baseline=mcd"], tmp_path)
     assert run_group(cfg) == "offline_digits-uci-mnist-mcd"
+
+
+def test_ddp_on_cpu_with_the_default_callbacks_runs_and_reports_once(tmp_path) -> None:
+    """`trainer=ddp_cpu` (2 gloo processes) with every default callback: no rank waits for a collective the
+    other never joins, epoch metrics need no sync_dist warning, and one summary is printed."""
+    proc = run_cli("trainer=ddp_cpu", *QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sync_dist" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("target acc   last") == 1
