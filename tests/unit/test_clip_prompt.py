@@ -46,12 +46,18 @@ def test_tiny_clip_is_frozen_labelled_and_adapts_digits(clip) -> None:
 
 def test_template_prompt_reproduces_encode_text(clip) -> None:
     """A context made of the template's own token embeddings gives exactly encode_text(template + class)."""
-    prompt = CoOpPrompt(clip, CLASSES, n_ctx=None, init="a photo of a")
-    assert prompt.context.vectors.shape == (4, clip.text_width)  # "a photo of a": 4 BPE tokens
+    full = CoOpPrompt(clip, CLASSES, n_ctx=None, init="a photo of a", truncate=False)
+    assert full.context.vectors.shape == (4, clip.text_width)  # "a photo of a": 4 BPE tokens
     expected = clip.model.encode_text(clip.tokenize([f"a photo of a {c}." for c in CLASSES]))
-    torch.testing.assert_close(prompt(clip), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(full(clip), expected, atol=1e-6, rtol=0)
+    # by default the prompts stop after their last end token (a causal tower pooled there never sees the
+    # padding): the same features up to float32 rounding of the shorter attention sums
+    prompt = CoOpPrompt(clip, CLASSES, n_ctx=None, init="a photo of a")
+    ends = clip.tokenize([f"a photo of a {c}." for c in CLASSES]).argmax(dim=1)
+    assert prompt.tokens.token_ids.shape == (4, int(ends.max()) + 1) and int(ends.max()) + 1 < 77
+    torch.testing.assert_close(prompt(clip), expected, atol=1e-5, rtol=0)
     # DAPL's assembly: shared "a photo of" + a domain context "a", then "{class}, a {domain} image."
-    domains = DomainPrompt(clip, CLASSES, ("real world", "clipart"), n_ctx=3, n_domain_ctx=1)
+    domains = DomainPrompt(clip, CLASSES, ("real world", "clipart"), n_ctx=3, n_domain_ctx=1, truncate=False)
     with torch.no_grad():
         words = template_embeddings(clip, "a photo of a")
         domains.shared.vectors.copy_(words[:3])
@@ -71,7 +77,8 @@ def test_context_shapes_and_initializations(clip) -> None:
     random = CoOpPrompt(clip, CLASSES, n_ctx=16)
     assert random.context.vectors.shape == (16, 64) and 0.01 < float(random.context.vectors.detach().std()) < 0.03
     csc = CoOpPrompt(clip, CLASSES, n_ctx=16, class_specific=True)
-    assert csc.context.vectors.shape == (4, 16, 64) and csc.embeddings().shape == (4, 77, 64)
+    longest = int(clip.tokenize([f"{'X ' * 16}{c}." for c in CLASSES]).argmax(dim=1).max()) + 1
+    assert csc.context.vectors.shape == (4, 16, 64) and csc.embeddings().shape == (4, longest, 64)
     padded = PromptContext(6, 64, init=template_embeddings(clip, "a photo of a"))  # ProGrad: zeros, then template
     assert torch.equal(padded.vectors[:2], torch.zeros(2, 64))
     assert torch.equal(padded.vectors[2:], template_embeddings(clip, "a photo of a"))

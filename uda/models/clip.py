@@ -292,16 +292,23 @@ class ClipBackbone(nn.Module):
         The same computation as open_clip's ``encode_text`` after its embedding lookup: positional embedding,
         the causal transformer, the final norm, pooling at the end token (the largest id of each row of
         ``token_ids``), projection. Gradients flow to ``embeddings`` (the learnable context).
+
+        The prompts may be cut after their last end token (``n`` positions, ``n <= context_length``; see
+        :attr:`truncatable`): the attention is causal, so no position up to the end token sees the padding
+        after it, and the pooled features are those of the full sequence (tested against ``encode_text``).
         """
         from open_clip.transformer import text_global_pool
 
         m = self.model
+        n = embeddings.shape[1]
+        if n != self.context_length and not self.truncatable:
+            raise ValueError(f"CLIP {self.name} pools with {m.text_pool_type!r}: prompts must keep all positions")
         cast = m.transformer.get_cast_dtype()
-        x = embeddings.to(cast) + m.positional_embedding.to(cast)
+        x = embeddings.to(cast) + m.positional_embedding[:n].to(cast)
         batch_first = getattr(m.transformer, "batch_first", True)
         if not batch_first:
             x = x.permute(1, 0, 2)
-        x = m.transformer(x, attn_mask=m.attn_mask)
+        x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
         if not batch_first:
             x = x.permute(1, 0, 2)
         x = m.ln_final(x)
@@ -309,6 +316,12 @@ class ClipBackbone(nn.Module):
         if isinstance(m.text_projection, nn.Linear):
             return m.text_projection(x)
         return x @ m.text_projection
+
+    @property
+    def truncatable(self) -> bool:
+        """Whether prompts may drop the padding after their end token: a causal text transformer that pools at
+        the end token (CLIP's ``argmax``/``eos`` pooling), so the pooled output never sees later positions."""
+        return self.model.attn_mask is not None and self.model.text_pool_type in ("argmax", "eos")
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """Text features of plain sentences (zero-shot prompts), without a graph."""
