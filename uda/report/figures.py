@@ -54,6 +54,8 @@ BALANCE_PANELS = {
 }
 SOURCE_COLOR, TARGET_COLOR = "tab:red", "tab:blue"
 DPI = 120
+#: scatter plots of a thousand points per run make large PNGs; a lower resolution keeps them small
+TSNE_DPI = 100
 
 
 @dataclass
@@ -446,7 +448,7 @@ def plot_tsne(groups: list[RunGroup], path: str | Path, points: int = 500, seed:
         for ax in (ax_domain, ax_class):
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=TSNE_DPI)
     return None
 
 
