@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for option, node in configs().items():
         for device in devices:
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "calls_per_round": args.calls,
         "rounds": args.rounds,
         "sync_check": "cuda sync debug mode" if torch.cuda.is_available() else "cpu inspection by patching",
+        # a shared machine inflates every time alike: the 1-minute load average before and after
+        "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "harmonizer_calls.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -161,7 +165,9 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{meta['date']}, torch {meta['torch']}, {meta['threads']} CPU threads"
         + (f", {meta['cuda']}" if meta["cuda"] else ", no CUDA")
         + f"; median over {meta['rounds']} rounds of up to {meta['calls_per_round']} calls (about 0.3 s a round); "
-        f"sync check: {meta['sync_check']} (see benchmarks/harmonizer_calls.py).",
+        f"sync check: {meta['sync_check']} (see benchmarks/harmonizer_calls.py). "
+        f"1-minute load average before/after: {[round(x, 1) for x in meta['load_average'] if x is not None]} "
+        "(times on a loaded machine are inflated).",
         "",
         "| `harmonizer=` | device | µs per call, 2x2 | µs per call, 10x10 | host syncs for 2 losses |",
         "|---|---|---|---|---|",
