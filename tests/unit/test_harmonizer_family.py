@@ -325,11 +325,12 @@ def test_two_loss_weights_never_read_device_values_on_the_host(cls) -> None:
     assert reads == []
 
 
-def test_the_host_read_inspection_sees_the_usual_culprits() -> None:
+def test_the_host_read_inspection_sees_the_usual_culprits_and_restores_torch() -> None:
     t = torch.tensor([1.0, -2.0])
     with host_reads_recorded() as reads:
         t[0].item(), bool(t[0] > 0), t[t > 0], t[torch.argmax(t)], t.tolist(), t.to("cpu"), torch.nonzero(t)
     assert len(reads) == 7
+    assert torch.equal(torch.tensor([3.0 * t[0] - t[1]]), torch.tensor([5.0]))  # a list of 0-d tensors still works
 
 
 # ------------------------------------------------------------------------------------------------------
