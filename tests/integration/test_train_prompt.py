@@ -22,18 +22,22 @@ def metrics(output_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+#: the rest of the none / gh / ghpp x fp32 / bf16 table runs with `make test-slow` (a few CPU seconds each)
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     ("baseline", "harmonizer", "precision"),
     [
         ("coop", "none", "bf16-mixed"),
-        ("coop", "ghpp", "32-true"),
-        ("dapl", "none", "32-true"),
+        pytest.param("coop", "ghpp", "32-true", marks=SLOW),
+        pytest.param("dapl", "none", "32-true", marks=SLOW),
         ("dapl", "gh", "32-true"),
         ("dapl", "ghpp", "bf16-mixed"),
         ("prograd", None, "32-true"),  # the baseline's default: prograd_paper (Eq. 4)
-        ("prograd", "none", "32-true"),
-        ("prograd", "gh", "bf16-mixed"),
-        ("prograd", "ghpp", "32-true"),
+        pytest.param("prograd", "none", "32-true", marks=SLOW),
+        pytest.param("prograd", "gh", "bf16-mixed", marks=SLOW),
+        pytest.param("prograd", "ghpp", "32-true", marks=SLOW),
     ],
 )
 def test_prompt_baselines_train_with_every_harmonizer(train_cfg, tmp_path, baseline, harmonizer, precision) -> None:
