@@ -70,6 +70,15 @@ def harmonizer_params(harmonizer: object) -> dict[str, Any]:
     )
 
 
+def harmonizer_noop_note(baseline: Any, module: UDAModule) -> str:
+    """Why the harmonizer did nothing in this run, for the summary ("" when it acted)."""
+    if module.harmonizes:
+        return ""
+    if not baseline.stages:
+        return " (no-op: evaluation only, nothing is trained)"
+    return " (no-op: no stage of the baseline has two losses to harmonize)"
+
+
 def pinned_device(job_num: int, device_count: int) -> int:
     """The GPU index of sweep job ``job_num`` when jobs are spread round-robin over ``device_count`` GPUs."""
     if device_count <= 0:
@@ -175,7 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "source": datamodule.source,
         "target": datamodule.target,
         "baseline": baseline.name,
-        "harmonizer": repr(harmonizer) + ("" if module.harmonizes else " (no-op: the baseline has one loss)"),
+        "harmonizer": repr(harmonizer) + harmonizer_noop_note(baseline, module),
         "harmonizer_name": choices.get("harmonizer", harmonizer.name),
         "harmonizer_params": harmonizer_params(harmonizer),
         "experiment": choices.get("experiment"),
