@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # this machine's pip config lists local package folders that may not exist; their warnings are noise
 PIP_QUIET := grep -v "^WARNING: Location '.*' is ignored" || true
 
-.PHONY: help install run test test-slow bench study study-digits report lint format clean
+.PHONY: help install run test test-slow bench study study-digits report mutate lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,16 @@ bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughpu
 	$(PY) benchmarks/resnet50_step.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/harmonizer_calls.py
+
+# mutation testing: resumable, each call stops after MUTATE_BUDGET (GNU timeout syntax) and the next one goes on
+MUTATE_BUDGET ?= 4h
+MUTATE_JOBS ?= 2
+MUTATE_NICE ?= 15
+mutate: ## Mutation score of harmonizers/engine/report/record (mutmut, resumable, <= MUTATE_BUDGET) -> benchmarks/results/mutation.md
+	timeout --signal=INT --kill-after=120 $(MUTATE_BUDGET) nice -n $(MUTATE_NICE) \
+		$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) || [ $$? -eq 124 ] || { echo "mutmut run failed"; exit 1; }
+	$(PY) benchmarks/mutation_report.py \
+		--command "make mutate MUTATE_BUDGET=$(MUTATE_BUDGET) MUTATE_JOBS=$(MUTATE_JOBS) MUTATE_NICE=$(MUTATE_NICE)"
 
 RUNS ?= logs/study/fonts
 OUT ?= benchmarks/results/fonts_study
