@@ -9,7 +9,7 @@ Host synchronisation for two losses (the weights must stay on the device):
 
 * CUDA: the calls run under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any
   synchronising CUDA call (``.item()``, ``bool(tensor)``, boolean-mask indexing, device-to-host copies).
-* CPU (always, the only check on a machine without CUDA): an inspection by patching the tensor
+* CPU (always, the only check on a machine without CUDA): an inspection of the tensor
   methods that read device values on the host (:func:`uda.harmonizers.host_sync.host_reads_recorded`
   lists them); any record means the method would synchronise on a GPU. The unit tests run the same
   inspection on every harmonizer.
@@ -39,6 +39,7 @@ from uda.harmonizers.table import CONF_DIR
 
 RESULTS = Path(__file__).with_name("results")
 SIZES = (2, 10)
+CPU_CHECK = "cpu inspection (TorchFunctionMode, uda.harmonizers.host_sync)"
 
 
 def random_gram(m: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "calls_per_round": args.calls,
         "rounds": args.rounds,
-        "sync_check": "cuda sync debug mode" if torch.cuda.is_available() else "cpu inspection by patching",
+        "sync_check": "cuda sync debug mode" if torch.cuda.is_available() else CPU_CHECK,
         # a shared machine inflates every time alike: the 1-minute load average before and after
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
