@@ -274,6 +274,7 @@ class UDAModule(L.LightningModule):
                 weighted=weighted,
                 tau_scope=self.engine.tau_scope or stage.tau_scope,
                 reduce_gram=self._all_reduce_feature_gram if distributed else None,
+                reduce_losses=self._all_reduce_mean if distributed else None,
                 backward=self.manual_backward,
                 loss_scale=self._loss_scale(),
             )
