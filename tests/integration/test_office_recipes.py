@@ -33,7 +33,12 @@ def officehome_root(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("baseline", "extra"),
-    [("cdan", ()), ("mcd", ("baseline.num_k=1",)), ("ssrt", ("+backbone.img_size=64",))],
+    [
+        ("cdan", ()),
+        # minutes on a 2-core CPU (three ResNet-50 stages; an 86M-parameter ViT): `make test-slow`
+        pytest.param("mcd", ("baseline.num_k=1",), marks=pytest.mark.slow),
+        pytest.param("ssrt", ("+backbone.img_size=64",), marks=pytest.mark.slow),
+    ],
 )
 def test_headline_command_trains_the_recipe_on_an_office_shaped_tree(
     train_cfg, officehome_root, baseline: str, extra: tuple[str, ...]
