@@ -10,6 +10,7 @@ from uda.baselines import CDAN, UDABatch
 from uda.harmonizers import (
     GH,
     GHPP,
+    GradStats,
     NoHarmonizer,
     feature_space_backward,
     harmonized_backward,
@@ -225,3 +226,97 @@ def test_feature_space_gram_is_over_feature_gradients(cdan) -> None:
     stats = feature_space_backward(losses, z, NoHarmonizer())
     expected = torch.stack(gz) @ torch.stack(gz).T
     torch.testing.assert_close(stats.gram, expected)
+
+
+def stats_from_vectors(g: torch.Tensor, tau, coefs, pair, groups, weighted=False) -> GradStats:
+    return GradStats(
+        gram=g @ g.T,
+        tau=torch.as_tensor(tau, dtype=g.dtype),
+        coefs=torch.as_tensor(coefs, dtype=g.dtype),
+        groups=groups,
+        pair_coefs=torch.as_tensor(pair, dtype=g.dtype),
+        weighted=weighted,
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_grad_stats_geometry_equals_the_vectors(weighted) -> None:
+    """Every GradStats quantity against the same quantity formed from explicit gradient vectors."""
+    gen = torch.Generator().manual_seed(11)
+    g = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    tau, coefs = [1.5, 0.7, 1.0], [0.3, 1.0, 2.0]
+    pair = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    stats = stats_from_vectors(g, tau, coefs, pair, ((0, 1, 2),), weighted)
+    w = torch.tensor(tau, dtype=torch.float64) * torch.tensor(coefs, dtype=torch.float64)
+    d = w @ g
+    seen = g * torch.tensor(coefs, dtype=torch.float64)[:, None] if weighted else g
+    harmonized = pair @ seen
+    torch.testing.assert_close(stats.norms, g.norm(dim=1))
+    for i, j in [(0, 1), (1, 2), (2, 0)]:
+        torch.testing.assert_close(stats.cos(i, j), g[i] @ g[j] / (g[i].norm() * g[j].norm()))
+        assert stats.conflict(i, j).item() == float(g[i] @ g[j] < 0)
+        assert stats.pair_conflict_after(i, j).item() == float(harmonized[i] @ harmonized[j] < 0)
+    torch.testing.assert_close(stats.update_weights, w)
+    torch.testing.assert_close(stats.update_dots, g @ d)
+    torch.testing.assert_close(stats.update_norm, d.norm())
+    torch.testing.assert_close(stats.update_cos(), (g @ d) / (g.norm(dim=1) * d.norm()))
+    torch.testing.assert_close(stats.pair_gram, harmonized @ harmonized.T)
+    assert stats.conflict_after().item() == float(((g @ d) < 0).any())
+
+
+def test_grad_stats_defaults_are_the_first_pair_and_flags_keep_the_dtype() -> None:
+    # g1·g2 < 0 (and the harmonized pair too, A = I); g2·g3 > 0, g1·g3 > 0
+    g = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    stats = stats_from_vectors(g, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], torch.eye(3), ((0, 1, 2),))
+    assert stats.conflict().item() == 1.0 and stats.conflict(1, 2).item() == 0.0
+    assert stats.pair_conflict_after().item() == 1.0 and stats.pair_conflict_after(1, 2).item() == 0.0
+    torch.testing.assert_close(stats.cos(), torch.tensor(-(2**-0.5)))
+    for flag in (stats.conflict(), stats.conflict_after(), stats.pair_conflict_after()):
+        assert flag.dtype == torch.float32 and flag.shape == ()
+
+
+def test_grad_stats_zero_gradients_give_zero_cosines_not_nan() -> None:
+    g = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    stats = stats_from_vectors(g, [1.0, 1.0], [1.0, 1.0], torch.eye(2), ((0, 1),))
+    assert stats.cos().item() == 0.0 and stats.cos(1, 0).item() == 0.0
+    assert stats.update_cos().tolist() == [0.0, 1.0]
+    still = stats_from_vectors(g, [0.0, 0.0], [1.0, 1.0], torch.eye(2), ((0, 1),))  # d = 0
+    assert still.update_cos().tolist() == [0.0, 0.0] and still.update_norm.item() == 0.0
+
+
+def test_conflict_after_looks_only_at_harmonized_losses() -> None:
+    # d = g1 + g2 + g3 = (1, 0.5): it opposes g3 = (-1, -1) only; g3 is harmonized in the second case alone
+    g = torch.tensor([[1.0, 0.0], [1.0, 1.5], [-1.0, -1.0]])
+    outside = stats_from_vectors(g, [1.0] * 3, [1.0] * 3, torch.eye(3), ((0, 1),))
+    inside = stats_from_vectors(g, [1.0] * 3, [1.0] * 3, torch.eye(3), ((0, 1), (2,)))
+    ungrouped = stats_from_vectors(g, [1.0] * 3, [1.0] * 3, torch.eye(3), ())  # no group: every loss counts
+    assert outside.conflict_after().item() == 0.0
+    assert inside.conflict_after().item() == 1.0 and ungrouped.conflict_after().item() == 1.0
+
+
+def test_grad_stats_small_gradients_orthogonal_pairs_and_a_zero_update_are_not_conflicts() -> None:
+    g = 1e-3 * torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)  # orthogonal, tiny norms
+    stats = stats_from_vectors(g, [1.0, 1.0], [1.0, 1.0], torch.eye(2), ((0, 1),))
+    assert stats.conflict().item() == 0.0 and stats.pair_conflict_after().item() == 0.0
+    tilted = stats_from_vectors(
+        g + torch.tensor([[0.0, 0.0], [1e-3, 0.0]]), [1.0] * 2, [1.0] * 2, torch.eye(2), ((0, 1),)
+    )
+    torch.testing.assert_close(tilted.cos(), torch.tensor(5**-0.5, dtype=torch.float64))  # ‖g1‖‖g2‖ ≈ 2e-6
+    zero_update = stats_from_vectors(g, [0.0, 0.0], [1.0, 1.0], torch.eye(2), ((0, 1),))
+    assert zero_update.conflict_after().item() == 0.0
+    zero_gradient = stats_from_vectors(g * torch.tensor([[1.0], [0.0]]), [1.0] * 2, [1.0] * 2, torch.eye(2), ((0, 1),))
+    assert zero_gradient.pair_conflict_after().item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "weighted", "expected"), [(5e-7, True, 0.0), (5e-7, False, 1.0), (5e-6, True, 1.0)]
+)
+def test_pair_conflict_tolerance_is_relative_to_the_weighted_terms(epsilon, weighted, expected) -> None:
+    """g1 = (1, 0), g2 = (-1, 1), coefs (1, 10), ĝ1 = g1' + a·g2', ĝ2 = g2' (g' = coef·g when weighted).
+
+    Weighted: ĝ1·ĝ2 = -10 + 200a = -200ε for a = 0.05 - ε, against terms ≈ 20 (tolerance 2e-4): ε = 5e-7
+    is rounding, 5e-6 a conflict. Unweighted the terms are ≈ 1.1 (tolerance 1.1e-5) and ĝ1·ĝ2 = -1 + 2a."""
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    a = 0.05 - epsilon if weighted else 0.5 - 50 * epsilon  # the same -1e-4·(ε / 5e-7) deficit unweighted
+    stats = stats_from_vectors(g, [1.0, 1.0], [1.0, 10.0], [[1.0, a], [0.0, 1.0]], ((0, 1),), weighted)
+    assert stats.pair_conflict_after().item() == expected

@@ -195,3 +195,21 @@ def test_select_skips_records_without_source_accuracy() -> None:
     assert select(history)["source_val"]["iteration"] == 2
     assert select([record(2, 0.5), record(4, 0.6)])["source_val"] is None
     assert select([]) == {"last": None, "best_target": None, "source_val": None}
+
+
+def test_the_pair_is_the_first_two_losses_of_a_larger_group() -> None:
+    # losses 0, 1 agree, loss 2 conflicts with both: a three-loss group counts the pair (0, 1) only
+    g = [[1.0, 0.0], [1.0, 1.0], [-1.0, -0.5]]
+    counter = ConflictCounter()
+    counter.add(stats_of(g, groups=((0, 1, 2),)))
+    assert counter.counts[1].item() == 0.0
+    reordered = ConflictCounter()
+    reordered.add(stats_of(g, groups=((2, 0, 1),)))
+    assert reordered.counts[1].item() == 1.0
+
+
+def test_counts_are_float64_and_accept_stats_of_another_precision() -> None:
+    assert ConflictCounter().counts.dtype == torch.float64  # exact counts however long the run
+    single = torch.zeros(4, dtype=torch.float32)  # e.g. a buffer cast along with a module
+    ConflictCounter(single).add(stats_of(OPPOSED))  # float64 statistics added into float32 counts
+    assert single.tolist() == [1.0, 1.0, 1.0, 1.0]
