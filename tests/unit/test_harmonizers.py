@@ -187,3 +187,193 @@ def test_two_loss_methods_reject_other_sizes(harmonizer: Harmonizer) -> None:
         harmonizer.weights(torch.eye(3))
     with pytest.raises(ValueError, match="square"):
         harmonizer.weights(torch.ones(2, 3))
+
+
+# ------------------------------------------------------- details found by mutation testing (make mutate)
+# Each test below pins a behaviour that a surviving mutant of `make mutate` changed without any test noticing;
+# the expected values come from the papers' definitions or from vector algebra, not from the code.
+
+
+def unit_vectors_at(theta: float, n1: float, n2: float) -> torch.Tensor:
+    """Two 2-d vectors with norms n1, n2 at angle theta (g1 along the x axis)."""
+    return torch.tensor([[n1, 0.0], [n2 * math.cos(theta), n2 * math.sin(theta)]], dtype=torch.float64)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize(
+    ("cls", "defaults"),
+    [
+        ("PCGrad", {"seed": 0}),
+        ("GradVac", {"beta": 0.01, "seed": 0}),  # GradVac paper: β = 0.01
+        ("GHPP", {"lam": 0.5}),  # GH paper: λ = 0.5 in every table
+        ("GHPPRotation", {"lam": 0.5}),
+        ("ProGrad", {"lam": 1.0, "keep_anchor": True}),
+        ("FairGrad", {"alpha": 2.0}),  # conf/harmonizer/fairgrad.yaml: minimum potential delay fairness
+        ("DBMTL", {"beta": 0.9, "beta_sigma": 0.0}),  # DB-MTL official defaults
+        ("ConFIGMomentum", {"momentum": 0.9}),
+        ("CAGrad", {"c_a": 0.4, "rescale": True}),
+        ("SignFlip", {"negate": 1}),  # flip_align: loss 1 is negated
+    ],
+)
+def test_constructor_defaults_are_the_documented_values(cls: str, defaults: dict) -> None:
+    import uda.harmonizers as harmonizers
+
+    instance = getattr(harmonizers, cls)()
+    assert {k: getattr(instance, k) for k in defaults} == defaults
+
+
+@pytest.mark.parametrize(("harmonizer", "text"), [(GH(), "gh"), (GHPP(0.25), "ghpp(lam=0.25)")])
+def test_repr_is_the_name_and_its_parameters(harmonizer: Harmonizer, text: str) -> None:
+    assert repr(harmonizer) == text
+
+
+def test_repr_joins_several_parameters() -> None:
+    from uda.harmonizers import CAGrad, ProGrad
+
+    assert repr(ProGrad(0.5, keep_anchor=False)) == "prograd(lam=0.5, keep_anchor=False)"
+    assert repr(CAGrad(c_a=0.2, rescale=False)) == "cagrad(c_a=0.2, rescale=False)"
+
+
+def test_gradvac_lifts_the_cosine_to_its_target_and_moves_the_target_by_its_ema() -> None:
+    """GradVac (Wang et al. 2021, Eq. 5-6): when φ = cos(g_i, g_j) < φ_T, ĝ_i = g_i + w·g_j reaches
+    cos(ĝ_i, g_j) = φ_T exactly; then φ_T ← (1 − β)·φ_T + β·φ. Norms below 1 on purpose."""
+    from uda.harmonizers import GradVac
+
+    g = unit_vectors_at(math.radians(100), 0.5, 0.3)  # φ = cos 100° ≈ -0.17
+    phi = math.cos(math.radians(100))
+    h = GradVac(beta=0.25)
+    h.load_state_dict({"target": torch.tensor([[0.0, 0.4], [0.4, 0.0]], dtype=torch.float64)})
+    harmonized = h.coefficients(g @ g.T) @ g
+    assert cosine(harmonized[0], g[1]) == pytest.approx(0.4, abs=1e-12)
+    assert cosine(harmonized[1], g[0]) == pytest.approx(0.4, abs=1e-12)
+    # ĝ_i moved along g_j only: its component orthogonal to g_j is g_i's
+    for i, j in ((0, 1), (1, 0)):
+        along = g[j] / g[j].norm()
+        torch.testing.assert_close(harmonized[i] - (harmonized[i] @ along) * along, g[i] - (g[i] @ along) * along)
+    expected_target = 0.75 * 0.4 + 0.25 * phi
+    expected = torch.tensor([[0.0, expected_target], [expected_target, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(h.state_dict()["target"], expected)
+
+
+def test_gradvac_leaves_pairs_above_their_target_alone_and_still_updates_the_target() -> None:
+    from uda.harmonizers import GradVac
+
+    g = unit_vectors_at(math.radians(60), 0.5, 0.3)  # φ = 0.5 > φ_T = 0.2
+    h = GradVac(beta=0.5)
+    h.load_state_dict({"target": torch.tensor([[0.0, 0.2], [0.2, 0.0]], dtype=torch.float64)})
+    assert h.coefficients(g @ g.T).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(h.state_dict()["target"], torch.tensor([[0.0, 0.35], [0.35, 0.0]], dtype=torch.float64))
+
+
+def test_gradvac_state_before_any_step_and_a_zero_gradient_keep_the_target() -> None:
+    from uda.harmonizers import GradVac
+
+    h = GradVac(beta=0.5)
+    assert h.state_dict()["target"] is None
+    g = unit_vectors_at(math.radians(120), 0.5, 0.3)
+    h.coefficients(g @ g.T)
+    moved = h.state_dict()["target"].clone()
+    assert moved[0, 1] == pytest.approx(0.5 * math.cos(math.radians(120)))
+    zero = torch.tensor([[0.25, 0.0], [0.0, 0.0]], dtype=torch.float64)  # g2 = 0: nothing to learn from
+    assert h.coefficients(zero).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(h.state_dict()["target"], moved)
+
+
+@pytest.mark.parametrize(("beta", "ok"), [(0.0, True), (1.0, True), (1.5, False), (-0.1, False)])
+def test_gradvac_beta_is_a_rate_in_the_unit_interval(beta: float, ok: bool) -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import GradVac
+
+    if ok:
+        assert GradVac(beta=beta).beta == beta
+    else:
+        with pytest.raises(ConfigError, match=rf"harmonizer.beta={beta} is outside \[0, 1\]"):
+            GradVac(beta=beta)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("IMTLG", 1.0),
+        ("ConFIG", 1.0),
+        ("NoHarmonizer", 1.0),
+        ("MGDA", 1.0),
+        ("UPGrad", 1.0),
+        ("DualProj", 1.0),
+        ("FairGrad", 4.0 ** (-1 / 1.5)),  # K w = w^(-1/α) with K = ‖g‖² = 4, α = 2
+    ],
+)
+def test_a_single_loss_gets_its_one_loss_weight(name: str, expected: float) -> None:
+    import uda.harmonizers as harmonizers
+
+    h = getattr(harmonizers, name)()
+    tau = h.weights(torch.tensor([[4.0]], dtype=torch.float64))
+    assert tau.shape == (1,) and tau.dtype == torch.float64 and tau.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("lam", "ok"), [(1.0, True), (0.0, True), (1.5, False)])
+def test_prograd_strength_is_in_the_unit_interval(lam: float, ok: bool) -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import ProGrad
+
+    if ok:
+        assert ProGrad(lam).lam == lam
+    else:
+        with pytest.raises(ConfigError, match=r"harmonizer.lam=1.5 is outside \[0, 1\]: for ProGrad"):
+            ProGrad(lam)
+
+
+def test_prograd_projects_loss_one_off_loss_two_by_its_strength_only_on_conflict() -> None:
+    """ProGrad (Zhu et al. 2023, Eq. 4): ĝ1 = g1 − λ (g1·g2/‖g2‖²) g2 when g1·g2 < 0, else g1."""
+    from uda.harmonizers import ProGrad
+
+    g = unit_vectors_at(math.radians(120), 0.8, 0.5)
+    c = float(g[0] @ g[1])
+    harmonized = ProGrad(0.5).coefficients(g @ g.T) @ g
+    torch.testing.assert_close(harmonized[0], g[0] - 0.5 * c / float(g[1] @ g[1]) * g[1])
+    torch.testing.assert_close(harmonized[1], g[1])
+    acute = unit_vectors_at(math.radians(80), 0.8, 0.5)  # g1·g2 ≈ 0.07 > 0: no projection
+    assert ProGrad(0.5).coefficients(acute @ acute.T).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize("lam", [0.25, 0.5])
+@pytest.mark.parametrize("theta_deg", [100, 150])
+def test_ghpp_rotation_rotates_both_gradients_within_their_plane_to_orthogonal(lam: float, theta_deg: float) -> None:
+    """The rotation extension: g1 turns toward g2 by β = λ(θ − 90°), g2 toward g1 by (1 − λ)(θ − 90°), norms kept,
+    so the harmonized pair is orthogonal."""
+    from uda.harmonizers import GHPPRotation
+
+    theta = math.radians(theta_deg)
+    g = unit_vectors_at(theta, 0.7, 2.0)
+    harmonized = GHPPRotation(lam).coefficients(g @ g.T) @ g
+    torch.testing.assert_close(harmonized.norm(dim=1), g.norm(dim=1))
+    assert float(harmonized[0] @ harmonized[1]) == pytest.approx(0.0, abs=1e-12)
+    phi = theta - math.pi / 2
+    assert math.acos(cosine(harmonized[0], g[0])) == pytest.approx(lam * phi)
+    assert math.acos(cosine(harmonized[1], g[1])) == pytest.approx((1 - lam) * phi)
+    assert math.acos(cosine(harmonized[0], g[1])) == pytest.approx(theta - lam * phi)  # toward g2, not away
+
+
+def test_ghpp_rotation_leaves_acute_pairs_alone_and_names_itself_in_its_error() -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import GHPPRotation
+
+    g = unit_vectors_at(math.radians(60), 0.7, 0.9)  # g1·g2 = 0.315: acute
+    assert GHPPRotation().coefficients(g @ g.T).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(ConfigError, match=r"harmonizer.lam=2.0 is outside \[0, 1\]: for GH\+\+ rotation it"):
+        GHPPRotation(2.0)
+
+
+@pytest.mark.parametrize("small", [1e-20, 2 * torch.finfo(torch.float64).eps])
+def test_aligned_mtl_drops_directions_at_or_below_its_rank_threshold(small: float) -> None:
+    """Aligned-MTL keeps the eigen-directions of the Gram matrix above m·eps·λ_max; a direction at or below it
+    (a numerically absent gradient) gets weight 0, the others the usual σ_min/σ scaling."""
+    from uda.harmonizers import AlignedMTL
+
+    k = torch.tensor([[1.0, 0.0], [0.0, small]], dtype=torch.float64)
+    assert AlignedMTL().weights(k).tolist() == [1.0, 0.0]
+    kept = torch.tensor([[1.0, 0.0], [0.0, 4 * torch.finfo(torch.float64).eps]], dtype=torch.float64)
+    assert AlignedMTL().weights(kept).tolist() == pytest.approx([2 * math.sqrt(torch.finfo(torch.float64).eps), 1.0])
