@@ -377,3 +377,65 @@ def test_aligned_mtl_drops_directions_at_or_below_its_rank_threshold(small: floa
     assert AlignedMTL().weights(k).tolist() == [1.0, 0.0]
     kept = torch.tensor([[1.0, 0.0], [0.0, 4 * torch.finfo(torch.float64).eps]], dtype=torch.float64)
     assert AlignedMTL().weights(kept).tolist() == pytest.approx([2 * math.sqrt(torch.finfo(torch.float64).eps), 1.0])
+
+
+def test_config_momentum_weights_come_from_the_bias_corrected_running_gram() -> None:
+    """K̄_t = β K̄_{t−1} + (1 − β) K_t from K̄_0 = 0, K̂ = K̄_t / (1 − β^t), and for two losses
+    tau_i = (n̂_1 + n̂_2) / (2 n̂_i) with n̂_i = sqrt(K̂_ii)."""
+    from uda.harmonizers import ConFIGMomentum
+
+    beta = 0.5
+    k1 = torch.tensor([[4.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    k2 = torch.tensor([[1.0, 0.5], [0.5, 9.0]], dtype=torch.float64)
+    h = ConFIGMomentum(momentum=beta)
+    for step, expected_running in ((1, (1 - beta) * k1), (2, beta * (1 - beta) * k1 + (1 - beta) * k2)):
+        k = k1 if step == 1 else k2
+        tau = h.weights(k)
+        smoothed = torch.sqrt(torch.diagonal(expected_running / (1 - beta**step)))
+        torch.testing.assert_close(tau, smoothed.sum() / (2 * smoothed))
+        torch.testing.assert_close(h.state_dict()["running_gram"], expected_running)
+        assert h.state_dict()["steps"].item() == step
+
+
+def test_dbmtl_averages_log_loss_gradient_norms_with_a_decaying_rate() -> None:
+    """n_i = ‖g_i‖ / (L_i − min + ε); n̄ ← n + β_t (n̄ − n) from n̄ = 0 with β_t = β / t^σ; tau_i = max_j n̄_j / ‖g_i‖."""
+    from uda.harmonizers import DBMTL
+
+    beta, sigma, eps = 0.5, 1.0, 0.25
+    h = DBMTL(beta=beta, beta_sigma=sigma, eps=eps)
+    running = torch.zeros(2, dtype=torch.float64)
+    steps = [
+        (torch.tensor([[4.0, -1.0], [-1.0, 1.0]], dtype=torch.float64), torch.tensor([1.0, 0.5], dtype=torch.float64)),
+        (torch.tensor([[1.0, 0.2], [0.2, 9.0]], dtype=torch.float64), torch.tensor([0.5, 2.0], dtype=torch.float64)),
+    ]
+    for t, (k, losses) in enumerate(steps, start=1):
+        norms = torch.sqrt(torch.diagonal(k))
+        n = norms / (losses + eps)
+        running = n + beta / t**sigma * (running - n)
+        torch.testing.assert_close(h.weights(k, losses), running.max() / norms)
+    torch.testing.assert_close(h.state_dict()["running_norms"], running)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beta": 1.0}, r"harmonizer.beta=1.0 is outside \[0, 1\): it is DB-MTL's"),
+        ({"beta_sigma": -1.0}, r"harmonizer.beta_sigma=-1.0 is invalid: DB-MTL's decay power must be >= 0"),
+        ({"eps": 0.0}, r"harmonizer.eps=0.0 is invalid: DB-MTL's offset inside the log must be > 0"),
+    ],
+)
+def test_dbmtl_rejects_bad_settings_in_one_sentence(kwargs: dict, message: str) -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import DBMTL
+
+    with pytest.raises(ConfigError, match=message):
+        DBMTL(**kwargs)
+
+
+def test_dbmtl_wants_one_lower_bound_per_loss_and_names_itself() -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import DBMTL
+
+    k = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="has 3 values for a group of 2 losses: give DB-MTL one lower bound"):
+        DBMTL(min_losses=[0.0, 0.0, 0.0]).weights(k, torch.ones(2, dtype=torch.float64))
