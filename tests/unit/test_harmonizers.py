@@ -237,6 +237,32 @@ def test_repr_joins_several_parameters() -> None:
     assert repr(CAGrad(c_a=0.2, rescale=False)) == "cagrad(c_a=0.2, rescale=False)"
 
 
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "text"),
+    [
+        ("PCGrad", {"seed": 3}, "pcgrad(seed=3)"),
+        ("GradVac", {"beta": 0.5}, "gradvac(beta=0.5)"),
+        ("FairGrad", {"alpha": 1.0}, "fairgrad(alpha=1.0)"),
+        ("DBMTL", {"beta": 0.5}, "dbmtl(beta=0.5, beta_sigma=0.0, min_losses=0.0)"),
+        ("FAMO", {"lr": 0.5}, "famo(lr=0.5, gamma=0.01, min_losses=0.0)"),
+        ("ConFIGMomentum", {"momentum": 0.5}, "config_momentum(momentum=0.5)"),
+        ("UPGrad", {"reg_eps": 0.001}, "upgrad(reg_eps=0.001)"),
+        ("DualProj", {"reg_eps": 0.001}, "dualproj(reg_eps=0.001)"),
+        ("GHPPRotation", {"lam": 0.25}, "ghpp_rot(lam=0.25)"),
+    ],
+)
+def test_repr_carries_the_hyper_parameters_reports_group_by(cls: str, kwargs: dict, text: str) -> None:
+    """uda.report parses ``name(key=value, ...)`` from the summary's harmonizer string to group runs."""
+    import uda.harmonizers as harmonizers
+
+    assert repr(getattr(harmonizers, cls)(**kwargs)) == text
+
+
+def test_calling_a_harmonizer_gives_its_weights() -> None:
+    k = gram(2.0, 0.5, math.radians(130))
+    torch.testing.assert_close(GHPP(0.3)(k), GHPP(0.3).weights(k))
+
+
 def test_gradvac_lifts_the_cosine_to_its_target_and_moves_the_target_by_its_ema() -> None:
     """GradVac (Wang et al. 2021, Eq. 5-6): when φ = cos(g_i, g_j) < φ_T, ĝ_i = g_i + w·g_j reaches
     cos(ĝ_i, g_j) = φ_T exactly; then φ_T ← (1 − β)·φ_T + β·φ. Norms below 1 on purpose."""
