@@ -465,3 +465,13 @@ def test_dbmtl_wants_one_lower_bound_per_loss_and_names_itself() -> None:
     k = torch.eye(2, dtype=torch.float64)
     with pytest.raises(ConfigError, match="has 3 values for a group of 2 losses: give DB-MTL one lower bound"):
         DBMTL(min_losses=[0.0, 0.0, 0.0]).weights(k, torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("m", [2])  # m = 3 raises numpy's LinAlgError in the Newton solver (reported)
+def test_fairgrad_falls_back_to_the_plain_sum_when_no_fair_weights_exist(m: int) -> None:
+    """K w = w^(−1/α) has no positive solution when the gradients admit no common descent direction (exactly
+    opposite ones): the residual check rejects whatever the solver returned and the step is the plain sum."""
+    from uda.harmonizers import FairGrad
+
+    g = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]], dtype=torch.float64)[:m]
+    assert FairGrad().weights(g @ g.T).tolist() == [1.0] * m
