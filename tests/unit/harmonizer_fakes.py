@@ -14,6 +14,13 @@ class FixedTau(Harmonizer):
         self.tau = tau
         self.seen: list[torch.Tensor] = []
 
+    def __deepcopy__(self, memo: dict) -> FixedTau:
+        # the module keeps one harmonizer per harmonized group (deep copies): the copies share one record,
+        # so a test reads every group's Gram matrix, in call order, from the instance it passed in
+        twin = FixedTau(self.tau)
+        twin.seen = self.seen
+        return twin
+
     def _weights(self, gram: torch.Tensor) -> torch.Tensor:
         self.seen.append(gram.clone())
         return torch.tensor(self.tau, dtype=gram.dtype)
