@@ -475,3 +475,56 @@ def test_fairgrad_falls_back_to_the_plain_sum_when_no_fair_weights_exist(m: int)
 
     g = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]], dtype=torch.float64)[:m]
     assert FairGrad().weights(g @ g.T).tolist() == [1.0] * m
+
+
+def cagrad_dual_objective(w: torch.Tensor, k: torch.Tensor, c: float) -> torch.Tensor:
+    """CAGrad's dual, F(w) = wᵀ K b + c ‖g0‖ sqrt(wᵀ K w) with b uniform and ‖g0‖ = sqrt(bᵀ K b), for rows w."""
+    b = torch.full((k.shape[0],), 1.0 / k.shape[0], dtype=k.dtype)
+    g0 = torch.sqrt(b @ k @ b)
+    return w @ k @ b + c * g0 * torch.sqrt(torch.clamp(((w @ k) * w).sum(-1), min=0.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cagrad_with_three_losses_minimizes_its_dual_over_the_simplex(seed: int) -> None:
+    """The weights solve min_{w ∈ Δ} F(w) (brute force on a grid of step 1/300): tau = 1/m + (c‖g0‖/‖g_w‖) w, so
+    w is recovered from tau as the normalized tau − 1/m (no rescale)."""
+    from uda.harmonizers import CAGrad
+
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    g[1] = -0.8 * g[0] + 0.3 * g[1]  # a conflicting pair, so the solution is not the uniform point
+    k, c = g @ g.T, 0.5
+    tau = CAGrad(c_a=c, rescale=False).weights(k)
+    w = tau - 1.0 / 3
+    w = w / w.sum()
+    assert (w >= -1e-9).all()
+    steps = 300
+    i, j = torch.meshgrid(torch.arange(steps + 1), torch.arange(steps + 1), indexing="ij")
+    keep = i + j <= steps
+    grid = torch.stack([i[keep], j[keep], steps - i[keep] - j[keep]], dim=1).to(torch.float64) / steps
+    best = cagrad_dual_objective(grid, k, c).min()
+    assert cagrad_dual_objective(w.unsqueeze(0), k, c).item() <= best.item() + 1e-9
+    assert cagrad_dual_objective(w.unsqueeze(0), k, c).item() >= best.item() - 1e-3  # the grid is that close
+
+
+@pytest.mark.parametrize(
+    ("g", "expected"),
+    [
+        ([[1.0, 2.0], [1.0, 2.0]], [0.5, 0.5]),  # identical gradients: the symmetric choice
+        ([[2.0, 0.0], [1.0, 0.1]], [0.0, 1.0]),  # g1·g2 >= ‖g2‖²: the min-norm point is the vertex g2
+        ([[1.0, 0.1], [2.0, 0.0]], [1.0, 0.0]),  # ... and the vertex g1 in the mirror case
+    ],
+)
+def test_mgda_two_losses_at_the_simplex_vertices(g, expected) -> None:
+    from uda.harmonizers import MGDA
+
+    vectors = torch.tensor(g, dtype=torch.float64)
+    assert MGDA().weights(vectors @ vectors.T).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_mgda_three_losses_whose_min_norm_point_is_a_vertex() -> None:
+    """g1 = (0.1, 0) has g1·g_j = 0.1 >= ‖g1‖² = 0.01 for the others: the min-norm point of the hull is g1 itself."""
+    from uda.harmonizers import MGDA
+
+    g = torch.tensor([[0.1, 0.0], [1.0, 0.2], [1.0, -0.2]], dtype=torch.float64)
+    assert MGDA().weights(g @ g.T).tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-12)
