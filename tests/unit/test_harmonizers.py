@@ -528,3 +528,53 @@ def test_mgda_three_losses_whose_min_norm_point_is_a_vertex() -> None:
 
     g = torch.tensor([[0.1, 0.0], [1.0, 0.2], [1.0, -0.2]], dtype=torch.float64)
     assert MGDA().weights(g @ g.T).tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-12)
+
+
+def test_famo_first_step_weights_are_the_normalized_inverse_shifted_losses() -> None:
+    """FAMO with fresh logits (z uniform): tau_i = z_i / (c D_i) with D_i = L_i − min + ε and c = Σ z_j / D_j, i.e.
+    tau_i = (1/D_i) / Σ_j (1/D_j); ε = 0.5 on purpose, so its sign shows."""
+    from uda.harmonizers import FAMO
+
+    losses = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    tau = FAMO(eps=0.5).weights(torch.eye(2, dtype=torch.float64), losses)
+    inverse = 1.0 / (losses + 0.5)
+    torch.testing.assert_close(tau, inverse / inverse.sum())
+
+
+def test_famo_falls_back_to_the_plain_sum_when_a_loss_is_below_its_bound() -> None:
+    from uda.harmonizers import FAMO
+
+    h = FAMO(min_losses=[0.0, 2.0])
+    assert h.weights(torch.eye(2, dtype=torch.float64), torch.tensor([1.0, 1.5], dtype=torch.float64)).tolist() == [
+        1.0,
+        1.0,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, r"harmonizer.lr=0.0 is invalid: FAMO's logit learning rate must be > 0"),
+        ({"gamma": -0.1}, r"harmonizer.gamma=-0.1 is invalid: FAMO's logit decay must be >= 0"),
+        ({"eps": 0.0}, r"harmonizer.eps=0.0 is invalid: FAMO's offset inside the log must be > 0"),
+        ({"betas": (1.0, 0.5)}, r"harmonizer.betas=\[1.0, 0.5\] is invalid: give Adam's two rates in \[0, 1\)"),
+        ({"betas": (0.9, 0.99, 0.5)}, r"harmonizer.betas=\[0.9, 0.99, 0.5\] is invalid"),
+    ],
+)
+def test_famo_rejects_bad_settings_in_one_sentence(kwargs: dict, message: str) -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import FAMO
+
+    with pytest.raises(ConfigError, match=message):
+        FAMO(**kwargs)
+
+
+def test_famo_accepts_the_edges_of_its_ranges_and_names_itself_for_bad_bounds() -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import FAMO
+
+    edge = FAMO(gamma=0.0, betas=(0.0, 0.5))
+    assert (edge.gamma, edge.betas) == (0.0, (0.0, 0.5))
+    assert (FAMO().lr, FAMO().gamma) == (0.025, 0.01)  # the paper's defaults
+    with pytest.raises(ConfigError, match="give FAMO one lower bound per loss"):
+        FAMO(min_losses=[0.0, 0.0, 0.0]).weights(torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
