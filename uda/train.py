@@ -62,7 +62,7 @@ def _choices() -> dict[str, str]:
 
 def harmonizer_params(harmonizer: object) -> dict[str, Any]:
     """The harmonizer's hyper-parameters as plain values (e.g. ``{"lam": 0.5}``), for tables and plots."""
-    params = getattr(harmonizer, "_params", None)
+    params = getattr(harmonizer, "hyperparameters", None)
     return (
         {k: (v if isinstance(v, int | float | str | bool) or v is None else str(v)) for k, v in params().items()}
         if params

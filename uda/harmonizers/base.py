@@ -131,10 +131,12 @@ class Harmonizer:
         return values
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in self._params().items())
+        params = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
         return f"{self.name}({params})" if params else self.name
 
-    def _params(self) -> dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that change what the harmonizer computes (e.g. ``{"lam": 0.5}``); runs that differ in
+        any of them are different methods, and the report never averages them together."""
         return {}
 
 

@@ -90,5 +90,5 @@ class CAGrad(Harmonizer):
         tau = 1.0 / m + torch.where(gw_norm > 0, c / torch.clamp(gw_norm, min=1e-30), torch.zeros_like(c)) * w
         return tau / (1.0 + self.c_a**2) if self.rescale else tau
 
-    def _params(self) -> dict[str, object]:
+    def hyperparameters(self) -> dict[str, object]:
         return {"c_a": self.c_a, "rescale": self.rescale}

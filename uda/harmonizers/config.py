@@ -115,5 +115,5 @@ class ConFIGMomentum(ConFIG):
             self.running_gram = state["running_gram"].clone()
             self.steps = state["steps"].clone()
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"momentum": self.momentum}

@@ -89,5 +89,5 @@ class DBMTL(Harmonizer):
             self.running_norms = state["running_norms"].clone()
             self.steps = state["steps"].clone()
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"beta": self.beta, "beta_sigma": self.beta_sigma, "min_losses": self.min_losses}

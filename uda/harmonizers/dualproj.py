@@ -37,5 +37,5 @@ class DualProj(Harmonizer):
         mean = torch.full((1, m), 1.0 / m, dtype=gram.dtype, device=gram.device)
         return dual_cone_weights(normalized_gram(gram, self.reg_eps), mean)[0]
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"reg_eps": self.reg_eps}

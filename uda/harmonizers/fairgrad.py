@@ -131,5 +131,5 @@ class FairGrad(Harmonizer):
         w = torch.where(residual.all() & (w > 0).all(), w, torch.full_like(w, float("nan")))
         return w * torch.pow(scale, -1.0 / (1.0 + p))
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"alpha": self.alpha}

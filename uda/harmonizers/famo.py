@@ -138,5 +138,5 @@ class FAMO(Harmonizer):
         if state:
             self.state = {k: v.clone() for k, v in state.items()}
 
-    def _params(self) -> dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "gamma": self.gamma, "min_losses": self.min_losses}

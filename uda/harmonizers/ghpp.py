@@ -49,7 +49,7 @@ class GHPP(Harmonizer):
         tau2 = 1.0 - 2.0 * torch.where(conflict, torch.sin((1.0 - self.lam) * phi / 2.0), zero)
         return torch.stack([tau1, tau2])
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"lam": self.lam}
 
 
@@ -92,5 +92,5 @@ class GHPPRotation(Harmonizer):
         rotated = torch.where(c < 0, rot, eye)
         return torch.where((c < 0) & (s < self.eps), GH()._coefficients(gram), rotated)
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"lam": self.lam}

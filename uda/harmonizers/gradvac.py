@@ -78,5 +78,5 @@ class GradVac(Harmonizer):
         if "generator" in state:
             self._generator.set_state(state["generator"])
 
-    def _params(self) -> dict[str, object]:
+    def hyperparameters(self) -> dict[str, object]:
         return {"beta": self.beta}

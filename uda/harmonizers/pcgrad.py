@@ -48,5 +48,5 @@ class PCGrad(Harmonizer):
         if "generator" in state:
             self._generator.set_state(state["generator"])
 
-    def _params(self) -> dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"seed": self.seed}

@@ -46,5 +46,5 @@ class ProGrad(Harmonizer):
         anchor = one if self.keep_anchor else zero
         return torch.stack([torch.stack([one, -proj]), torch.stack([zero, anchor])])
 
-    def _params(self) -> dict[str, object]:
+    def hyperparameters(self) -> dict[str, object]:
         return {"lam": self.lam, "keep_anchor": self.keep_anchor}

@@ -40,5 +40,5 @@ class UPGrad(Harmonizer):
         rows = torch.eye(m, dtype=gram.dtype, device=gram.device)
         return dual_cone_weights(normalized_gram(gram, self.reg_eps), rows).mean(dim=0)
 
-    def _params(self) -> dict[str, float]:
+    def hyperparameters(self) -> dict[str, float]:
         return {"reg_eps": self.reg_eps}
