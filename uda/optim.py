@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from torch import nn
@@ -12,6 +13,16 @@ from torch.optim.lr_scheduler import LambdaLR
 def inv_lr(optimizer: Optimizer, gamma: float = 0.001, power: float = 0.75) -> LambdaLR:
     """The "inv" schedule of CDAN/GVB/tllib: lr_i = lr_0 · (1 + gamma·i)^(−power), i = iteration."""
     return LambdaLR(optimizer, lambda i: (1.0 + gamma * i) ** (-power))
+
+
+def stepped_cosine_lr(optimizer: Optimizer, total_iterations: int, updates: int = 20) -> LambdaLR:
+    """PGA's schedule (official ``LA/main.py``): ``CosineAnnealingLR(T_max=total_iterations)`` stepped only every
+    ``total_iterations / updates`` iterations, so after iteration i the lr is lr_0 · (1 + cos(π k / T)) / 2 with
+    k = floor(i / (T / updates)) (at most 20 of the T cosine steps are taken)."""
+    if total_iterations < 1 or updates < 1:
+        raise ValueError(f"stepped_cosine_lr needs total_iterations, updates >= 1, got {total_iterations}, {updates}")
+    every = total_iterations / updates
+    return LambdaLR(optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * math.floor(i / every) / total_iterations)))
 
 
 def constant_lr(optimizer: Optimizer) -> LambdaLR:

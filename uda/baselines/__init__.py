@@ -6,6 +6,7 @@ from uda.baselines.dann import DANN
 from uda.baselines.dwl import DWL
 from uda.baselines.gvb import GVB
 from uda.baselines.mcd import MCD
+from uda.baselines.pga import PGA
 from uda.baselines.source_only import SourceOnly
 from uda.baselines.ssrt import SSRT
 
@@ -16,6 +17,7 @@ __all__ = [
     "GRAM_SCOPES",
     "GVB",
     "MCD",
+    "PGA",
     "SSRT",
     "Baseline",
     "SourceOnly",
