@@ -15,6 +15,7 @@ Both are pure bookkeeping, kept apart from the LightningModule so they are teste
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +33,45 @@ RATE_KEYS = {
 }
 
 Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A named model-selection rule and the summary keys it is reported under.
+
+    Attributes:
+        name: the rule's name, as :func:`select` returns it and ``--select`` takes it.
+        key: the summary key of the target accuracy of the selected evaluation.
+        iteration_key: the summary key of the iteration at which that evaluation happened.
+        meaning: one line for table captions and help texts.
+    """
+
+    name: str
+    key: str
+    iteration_key: str
+    meaning: str
+
+
+#: DomainBed's lesson: model selection is part of the result, so every summary and table names it.
+#: Defined once; the summary, the sweeper's return value and the report all read these keys.
+SELECTIONS: dict[str, Selection] = {
+    s.name: s
+    for s in (
+        Selection("last", "target_acc_last", "iterations", "the model at the end of training"),
+        Selection(
+            "best_target",
+            "target_acc_best",
+            "target_acc_best_iteration",
+            "oracle: the evaluation with the best target-test accuracy, as the papers report",
+        ),
+        Selection(
+            "source_val",
+            "target_acc_source_val",
+            "source_val_iteration",
+            "the evaluation with the best accuracy on held-out source data (no target labels used)",
+        ),
+    )
+}
 
 
 class ConflictCounter:

@@ -1,17 +1,23 @@
 """Runs -> paper-style result rows (mean ± std over seeds, the paper's number beside, an avg row) -> markdown.
 
-One row per (dataset, task, baseline, harmonizer label), in the order a reader compares them: by task, then
-baseline, then harmonizer (none, GH, GH++ by λ, others). Accuracies and conflict rates are in % (the paper's
-unit), ``s/iter`` in seconds; std is the sample std over seeds (none for a single seed); ``n`` counts the
-runs that have the metric, which is fewer than the seeds when older runs lack a key.
+One row per (dataset, task, baseline, harmonizer label, resolved variant), in the order a reader compares
+them: by task, then baseline, then harmonizer (none, GH, GH++ by λ, others). Accuracies and conflict rates
+are in % (the paper's unit), ``s/iter`` in seconds; std is the sample std over seeds (none for a single
+seed); ``n`` counts the runs that have the metric, which is fewer than the seeds when older runs lack a key.
 
 The avg row (the paper tables' Avg column) of a dataset/baseline/harmonizer is the mean of its per-task
 means, written only when the dataset has several tasks and the method has a result on every one of them,
 so all avg rows of a dataset average the same tasks.
+
+Runs that differ in any resolved setting (:meth:`uda.summary.RunSummary.variant`: e.g. what tau multiplies,
+the trade-off's placement, a harmonizer hyper-parameter) are never averaged together. Where one (dataset,
+task, baseline, harmonizer) has several variants, the ``settings`` column names the settings in which its
+rows differ, so every row says what it is.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -22,7 +28,8 @@ import pandas as pd
 from uda.report.paper import PaperResults
 from uda.report.runs import SELECTIONS, FailedRun, Runs
 
-KEY = ("dataset", "task", "baseline", "harmonizer")
+#: a row's identity: runs are averaged only when all of these agree, the resolved variant included
+KEY = ("dataset", "task", "baseline", "harmonizer", "variant")
 #: report metric -> (markdown header, in %)
 METRICS = {
     "acc": ("target acc", True),
@@ -57,6 +64,7 @@ def _order(row: dict[str, Any]) -> tuple:
         _rank(row["harmonizer_name"], HARMONIZER_ORDER),
         lam,
         row["harmonizer"],
+        row["settings"],
     )
 
 
@@ -87,9 +95,24 @@ def aggregate(runs: Runs, selection: str = "last", paper: PaperResults | None = 
         )
         row["seeds"] = ",".join(str(s) for s in sorted(r["seed"] for r in records if r["seed"] is not None))
         rows.append(row)
+    _name_settings(rows)
     rows += _average_rows(rows, paper)
     rows.sort(key=_order)
     return pd.DataFrame(rows)
+
+
+def _name_settings(rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``settings``: "" when its (dataset, task, baseline, harmonizer) has one variant, else the
+    settings in which that method's variants differ, as ``name=value; ...``."""
+    methods: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        methods.setdefault(tuple(row[k] for k in KEY[:-1]), []).append(row)
+    for method_rows in methods.values():
+        variants = [json.loads(r["variant"]) for r in method_rows]
+        names = sorted({k for v in variants for k in v})
+        differing = [k for k in names if len({json.dumps(v.get(k)) for v in variants}) > 1]
+        for row, variant in zip(method_rows, variants, strict=True):
+            row["settings"] = "; ".join(f"{k}={variant.get(k, '–')}" for k in differing)
 
 
 def _average_rows(rows: list[dict[str, Any]], paper: PaperResults) -> list[dict[str, Any]]:
@@ -103,13 +126,14 @@ def _average_rows(rows: list[dict[str, Any]], paper: PaperResults) -> list[dict[
             continue
         methods: dict[str, list[dict[str, Any]]] = {}
         for row in dataset_rows:
-            methods.setdefault((row["baseline"], row["harmonizer"]), []).append(row)
-        for (baseline, harmonizer), method_rows in methods.items():
+            methods.setdefault((row["baseline"], row["harmonizer"], row["variant"]), []).append(row)
+        for (baseline, harmonizer, variant), method_rows in methods.items():
             if len(method_rows) < len(tasks) or any(math.isnan(r["acc_mean"]) for r in method_rows):
                 continue  # an average over fewer tasks would not compare with the others
             first = method_rows[0]
             avg: dict[str, Any] = {"kind": AVG, "dataset": dataset, "task": AVG, "baseline": baseline}
             avg.update(harmonizer=harmonizer, harmonizer_name=first["harmonizer_name"], lam=first["lam"])
+            avg.update(variant=variant, settings=first["settings"])
             avg["selection"] = first["selection"]
             for metric in METRICS:
                 means = [r[f"{metric}_mean"] for r in method_rows]
@@ -130,8 +154,10 @@ def _cell(mean: float, std: float, pct: bool) -> str:
     return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
-def _row_cells(row: pd.Series) -> list[str]:
+def _row_cells(row: pd.Series, with_settings: bool) -> list[str]:
     cells = [row["task"], row["baseline"], row["harmonizer"]]
+    if with_settings:
+        cells.append(row["settings"] or "–")
     for metric, (_, pct) in METRICS.items():
         cell = _cell(row[f"{metric}_mean"], row[f"{metric}_std"], pct)
         seeds = len(row["seeds"].split(",")) if row["seeds"] else 0
@@ -161,10 +187,12 @@ def caption(selection: str) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """The markdown rows of one dataset's table."""
     selection = table["selection"].iloc[0]
-    header = ["task", "baseline", "harmonizer", f"target acc ({selection})", "paper"]
+    with_settings = bool(table["settings"].astype(bool).any())
+    header = ["task", "baseline", "harmonizer"] + (["settings (where runs differ)"] if with_settings else [])
+    header += [f"target acc ({selection})", "paper"]
     header += [METRICS[m][0] for m in METRICS if m != "acc"] + ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_row_cells(row)) + " |" for _, row in table.iterrows()]
+    lines += ["| " + " | ".join(_row_cells(row, with_settings)) + " |" for _, row in table.iterrows()]
     return "\n".join(lines)
 
 
@@ -203,5 +231,5 @@ def markdown(table: pd.DataFrame, runs: Runs) -> str:
 def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     """The machine-readable table (the same rows as the markdown, unrounded)."""
     metric_columns = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
-    columns = ["kind", *KEY, "harmonizer_name", "lam", "selection", *metric_columns, "paper_acc", "seeds"]
+    columns = ["kind", *KEY, "settings", "harmonizer_name", "lam", "selection", *metric_columns, "paper_acc", "seeds"]
     return table[columns]
