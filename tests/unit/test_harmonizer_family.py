@@ -113,10 +113,11 @@ def test_degenerate_gram_matrices_never_give_nan(cls, m) -> None:
     parallel[1] = 2.0 * parallel[0]
     for g in (antiparallel, zero, parallel, base * 1e-20, base * 1e20, torch.zeros_like(base)):
         assert torch.isfinite(tau(cls(), gram(g))).all(), g
-    for bad in (float("nan"), float("inf")):
-        k = gram(base)
-        k[0, 1] = k[1, 0] = bad
-        assert tau(cls(), k).tolist() == [1.0] * m
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for i, j in ((0, 0), (0, 1), (1, 1)):  # a norm or the inner product
+            k = gram(base)
+            k[i, j] = k[j, i] = bad
+            assert tau(cls(), k).tolist() == [1.0] * m
 
 
 @pytest.mark.parametrize(("cls", "m"), cases(), ids=lambda v: getattr(v, "name", v))
@@ -312,6 +313,8 @@ def test_cagrad_zero_radius_is_the_mean_and_objective_is_minimized() -> None:
 def test_two_loss_methods_refuse_other_sizes(cls) -> None:
     with pytest.raises(ValueError, match="exactly 2"):
         cls().weights(torch.eye(3))
+    with pytest.raises(ValueError, match="square"):
+        cls().weights(torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.name)
