@@ -40,8 +40,9 @@ from uda.baselines import CDAN, UDABatch
 from uda.data import OfflineDigits
 from uda.harmonizers import GH, feature_space_backward, harmonized_backward, three_pass_backward
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
 from uda.optim import inv_lr
+from uda.training import EngineOptions
 
 RESULTS = Path(__file__).with_name("results")
 STEP_VARIANTS = ("none", "gh_2pass", "gh_3pass", "gh_batched", "gh_features")
@@ -78,13 +79,13 @@ def step(variant: str, model: CDAN, opt: torch.optim.Optimizer, batch: UDABatch,
     if variant == "none":
         (losses[0] + losses[1]).backward()
     elif variant == "gh_2pass":
-        harmonized_backward(losses, params, GH(), gram_params=scope, tau_scope="gram")
+        harmonized_backward(losses, params, GH(), gram_params=scope, tau_applies_to="gram_params")
     elif variant == "gh_batched":
-        harmonized_backward(losses, params, GH(), gram_params=scope, tau_scope="gram", batched=True)
+        harmonized_backward(losses, params, GH(), gram_params=scope, tau_applies_to="gram_params", batched=True)
     elif variant == "gh_3pass":
         three_pass_backward(losses, params, GH(), gram_params=scope)
     elif variant == "gh_features":
-        feature_space_backward(losses, out.features, GH(), tau_scope="gram")
+        feature_space_backward(losses, out.features, GH(), tau_applies_to="gram_params")
     else:
         raise ValueError(variant)
     opt.step()
@@ -141,7 +142,11 @@ def plain_loop(device: torch.device, iterations: int) -> list[float]:
             raise RuntimeError("diverged")
         opt.zero_grad(set_to_none=True)
         harmonized_backward(
-            [out.losses["align"], out.losses["cls"]], model.parameters(), GH(), gram_params=scope, tau_scope="gram"
+            [out.losses["align"], out.losses["cls"]],
+            model.parameters(),
+            GH(),
+            gram_params=scope,
+            tau_applies_to="gram_params",
         )
         opt.step()
         sched.step()

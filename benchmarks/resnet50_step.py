@@ -120,7 +120,11 @@ def step(variant: str, model: CDAN, opt: torch.optim.Optimizer, batch: UDABatch,
         (losses[0] + losses[1]).backward()
     elif method == "gh_2pass":
         harmonized_backward(
-            losses, model.parameters(), GH(), gram_params=model.scope_parameters("official"), tau_scope="gram"
+            losses,
+            model.parameters(),
+            GH(),
+            gram_params=model.scope_parameters("official"),
+            tau_applies_to="gram_params",
         )
     elif method == "gh_batched":
         harmonized_backward(
@@ -128,13 +132,13 @@ def step(variant: str, model: CDAN, opt: torch.optim.Optimizer, batch: UDABatch,
             model.parameters(),
             GH(),
             gram_params=model.scope_parameters("official"),
-            tau_scope="gram",
+            tau_applies_to="gram_params",
             batched=True,
         )
     elif method == "gh_3pass":
         three_pass_backward(losses, model.parameters(), GH(), gram_params=model.scope_parameters("official"))
     elif method == "gh_features":
-        feature_space_backward(losses, out.features, GH(), tau_scope="gram")
+        feature_space_backward(losses, out.features, GH(), tau_applies_to="gram_params")
     else:
         raise ValueError(variant)
     opt.step()

@@ -23,7 +23,8 @@ from uda.baselines import DANN
 from uda.data import OfflineDigits
 from uda.harmonizers import Harmonizer
 from uda.models import LeNet, WarmStartSchedule
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions
 
 ITERATIONS = 4
 LR, MOMENTUM = 0.01, 0.9

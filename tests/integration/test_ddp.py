@@ -66,9 +66,11 @@ def replay(records: list[tuple[dict, dict]], harmonizer: str, grad_space: str) -
     model.load_state_dict(records[0][0]["params_before"])
     h = build_harmonizer(harmonizer)
     (stage,) = model.stages
-    assert stage.harmonize == (("align", "cls"),) and not stage.weighted and stage.tau_scope == "gram"
-    names = list(stage.coefs)
-    coefs = torch.tensor([float(stage.coefs[n]) for n in names])
+    assert (
+        stage.harmonize == (("align", "cls"),) and stage.trade_off == "after" and stage.tau_applies_to == "gram_params"
+    )
+    names = list(stage.trade_offs)
+    coefs = torch.tensor([float(stage.trade_offs[n]) for n in names])
     params = list(model.parameters())
     reached = {id(p) for p in model.scope_parameters("official" if grad_space == "params" else "shared")}
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM)

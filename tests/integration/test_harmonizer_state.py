@@ -13,7 +13,8 @@ from uda.data import OfflineDigits
 from uda.errors import ConfigError
 from uda.harmonizers import GHPP, GradVac
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions
 
 BETA = 0.5
 
@@ -80,7 +81,7 @@ def test_gradvac_keeps_one_ema_target_per_harmonized_pair_of_gvb() -> None:
 
 @pytest.mark.parametrize(
     "engine",
-    [{"tau_scope": "gram"}, {"tau_scope": "gram", "grad_space": "features"}],
+    [{"tau_applies_to": "gram_params"}, {"tau_applies_to": "gram_params", "grad_space": "features"}],
     ids=["gram-scope", "features-gram"],
 )
 def test_a_harmonizer_that_would_act_on_nothing_is_refused(engine: dict) -> None:
@@ -90,4 +91,4 @@ def test_a_harmonizer_that_would_act_on_nothing_is_refused(engine: dict) -> None
     with pytest.raises(ConfigError, match=r"stage 'maximize' steps no parameter .* so ghpp would change nothing"):
         UDAModule(baseline, GHPP(0.5), optimizer=torch.optim.SGD, engine=EngineOptions(**engine))
     # the official placement (tau on every gradient of the stage) is accepted
-    UDAModule(baseline, GHPP(0.5), optimizer=torch.optim.SGD, engine=EngineOptions(tau_scope="all"))
+    UDAModule(baseline, GHPP(0.5), optimizer=torch.optim.SGD, engine=EngineOptions(tau_applies_to="all"))

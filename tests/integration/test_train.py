@@ -116,7 +116,7 @@ def test_trade_off_reaches_the_stage(train_cfg) -> None:
     from uda.models import LeNet
 
     baseline = instantiate(cfg.baseline, backbone=LeNet(), num_classes=10)
-    assert baseline.stages[0].coefs == {"align": 0.3, "cls": 1.0}
+    assert baseline.stages[0].trade_offs == {"align": 0.3, "cls": 1.0}
 
 
 def test_wandb_offline_run_lives_in_the_run_directory_and_is_finished(train_cfg, tmp_path) -> None:

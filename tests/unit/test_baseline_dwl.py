@@ -19,7 +19,8 @@ from uda.baselines.dwl_weight import DynamicWeight, balance_factor, lda_discrimi
 from uda.errors import ConfigError
 from uda.harmonizers import GH, Harmonizer
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions, run_stage
 
 # ----------------------------------------------------------------------------- alignment and discriminability
 
@@ -163,18 +164,21 @@ def test_stages_follow_the_four_step_procedure_with_the_current_weight() -> None
     names = [s.name for s in model.stages]
     assert names == ["source", "discriminator", "classifiers", "generator", "pseudo_label"]
     source, disc, classifiers, generator, pseudo = model.stages
-    assert source.optimizers == ("g", "c") and source.repeat == 2 and source.coefs == {"cls": 1.0}
-    assert disc.optimizers == ("d",) and disc.repeat == 2 and disc.coefs == {"domain": 0.1}
-    assert classifiers.optimizers == ("c",) and classifiers.coefs == {"cls": 1.0, "neg_discrepancy": 1.0}
+    assert source.optimizers == ("g", "c") and source.repeat == 2 and source.trade_offs == {"cls": 1.0}
+    assert disc.optimizers == ("d",) and disc.repeat == 2 and disc.trade_offs == {"domain": 0.1}
+    assert classifiers.optimizers == ("c",) and classifiers.trade_offs == {"cls": 1.0, "neg_discrepancy": 1.0}
     # GH placement: loss "1" = adversarial, Gram over G, tau from the unweighted losses, T applied after
-    assert generator.optimizers == ("g",) and generator.repeat == 3 and not generator.weighted
+    assert generator.optimizers == ("g",) and generator.repeat == 3 and generator.trade_off == "after"
     assert generator.harmonize == (("adversarial", "discrepancy"),)
-    assert generator.coefs == {"adversarial": 0.5, "discrepancy": 0.5}
+    assert generator.trade_offs == {"adversarial": 0.5, "discrepancy": 0.5}
     assert pseudo.optimizers == ("g", "c") and pseudo.repeat == 1
     assert model.official_scope_for("generator") == ("backbone",)
 
     model.weight.a_norm, model.weight.j_norm = 0.6, 0.8  # T = 0.6 / (0.6 + 0.2)
-    assert model.stage("generator").coefs == {"adversarial": pytest.approx(0.75), "discrepancy": pytest.approx(0.25)}
+    assert model.stage("generator").trade_offs == {
+        "adversarial": pytest.approx(0.75),
+        "discrepancy": pytest.approx(0.25),
+    }
     assert [s.name for s in small_dwl(num_k4=0).stages][-1] == "generator"
 
 
@@ -222,10 +226,18 @@ def batch(seed: int = 1, n: int = 8) -> UDABatch:
 
 
 def dwl_module(harmonizer: Harmonizer) -> UDAModule:
-    m = UDAModule(small_dwl(), harmonizer, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
-    m.manual_backward = lambda loss: loss.backward()  # no Trainer attached
-    m.optimizers_by_name = dict(zip(["g", "d", "c"], m.configure_optimizers()[0], strict=True))
-    return m
+    return UDAModule(small_dwl(), harmonizer, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+
+
+def step_stage(m: UDAModule, name: str, optimizers: list[torch.optim.Optimizer] | None = None) -> list:
+    """One run_stage of stage ``name`` on ``batch()`` at iteration 0 with the module's plan (current trade-offs),
+    harmonizers and optimizers (or the given ones); returns the step's stats."""
+    stage = m.baseline.stage(name)
+    plan = m.plans[name].with_trade_offs(stage.trade_offs)
+    if optimizers is None:
+        by_name = dict(zip(["g", "d", "c"], m.configure_optimizers()[0], strict=True))
+        optimizers = [by_name[o] for o in plan.optimizers]
+    return run_stage(plan, partial(stage.loss_fn, batch(), 0), optimizers, m.group_harmonizers[name]).stats
 
 
 @pytest.mark.parametrize(
@@ -241,8 +253,7 @@ def dwl_module(harmonizer: Harmonizer) -> UDAModule:
 def test_each_stage_changes_exactly_its_modules(stage: str, expected: set[str]) -> None:
     m = dwl_module(GH())
     before = {n: p.detach().clone() for n, p in m.baseline.named_parameters()}
-    s = m.baseline.stage(stage)
-    m._run_stage(s, batch(), [m.optimizers_by_name[o] for o in s.optimizers])
+    step_stage(m, stage)
     changed = {n.split(".")[0] for n, p in m.baseline.named_parameters() if not torch.equal(p, before[n])}
     assert changed == expected
 
@@ -251,12 +262,10 @@ def test_generator_step_harmonizes_the_raw_losses_over_g_and_applies_t_afterward
     harmonizer = FixedTau((2.0, 0.5))
     m = dwl_module(harmonizer)
     m.baseline.weight.a_norm, m.baseline.weight.j_norm = 0.6, 0.8  # T = 0.75
-    stage = m.baseline.stage("generator")
+    g_params = list(m.baseline.backbone.parameters())
     with torch.random.fork_rng():
         torch.manual_seed(5)  # same dropout masks as the reference below
-        out = m.baseline.compute_losses("generator", batch(), 0)
-        m._backward(stage, out.losses, out.features)
-    g_params = list(m.baseline.backbone.parameters())
+        step_stage(m, "generator", [torch.optim.SGD(g_params, lr=0.0)])  # lr 0: .grad is read, G stays
     got = torch.cat([p.grad.flatten() for p in g_params])
     others = [p for n, p in m.baseline.named_parameters() if not n.startswith("backbone.")]
     assert all(p.grad is None for p in others)  # only G is stepped: no gradient written elsewhere
@@ -304,12 +313,10 @@ def tiny_batch(seed: int) -> UDABatch:
 def test_t_is_recomputed_once_per_epoch_from_the_collected_features() -> None:
     model = tiny_dwl()
     batches = [tiny_batch(1), tiny_batch(2)]
-    model.compute_losses("source", batches[0], 0)
-    first = model.end_iteration(0)
+    first = model.end_iteration(0, batches[0], {"source": model.compute_losses("source", batches[0], 0)})
     assert "dwl/alignment" not in first and first["dwl/T"] == 0.5  # mid-epoch: T unchanged
 
-    model.compute_losses("source", batches[1], 1)
-    second = model.end_iteration(1)
+    second = model.end_iteration(1, batches[1], {"source": model.compute_losses("source", batches[1], 1)})
     with torch.no_grad():
         f_s = model.backbone(torch.cat([b.x_source for b in batches]))
         f_t = model.backbone(torch.cat([b.x_target for b in batches]))
@@ -321,16 +328,15 @@ def test_t_is_recomputed_once_per_epoch_from_the_collected_features() -> None:
     assert second["dwl/alignment"] == pytest.approx(a)
     assert (second["dwl/j_source"], second["dwl/j_target"]) == (pytest.approx(js), pytest.approx(jt))
     assert second["dwl/T"] == pytest.approx(expected.t) and model.weight.t == pytest.approx(expected.t)
-    assert model.stage("generator").coefs["adversarial"] == pytest.approx(expected.t)
-    assert model._pending == []  # the epoch's features are dropped once used
+    assert model.stage("generator").trade_offs["adversarial"] == pytest.approx(expected.t)
+    assert model.pending_batches == 0  # the epoch's features are dropped once used
 
 
 def test_state_dict_round_trip_keeps_t_and_the_pending_epoch() -> None:
     model = tiny_dwl()
     for i in range(3):  # one full epoch (T updated) and one batch of the next
-        model.compute_losses("source", tiny_batch(i), i)
-        model.end_iteration(i)
-    assert model.weight.epochs == 1 and model.weight.t != 0.5 and len(model._pending) == 1
+        model.end_iteration(i, tiny_batch(i), {"source": model.compute_losses("source", tiny_batch(i), i)})
+    assert model.weight.epochs == 1 and model.weight.t != 0.5 and model.pending_batches == 1
 
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -339,9 +345,9 @@ def test_state_dict_round_trip_keeps_t_and_the_pending_epoch() -> None:
     restored.load_state_dict(torch.load(buffer, weights_only=True))  # what a Lightning checkpoint holds
     assert restored.weight == model.weight and restored.stages == model.stages
 
-    for m in (model, restored):
-        m.compute_losses("source", tiny_batch(3), 3)
-    torch.testing.assert_close(restored.end_iteration(3)["dwl/T"], model.end_iteration(3)["dwl/T"])
+    outputs = {m: {"source": m.compute_losses("source", tiny_batch(3), 3)} for m in (model, restored)}
+    t_restored = restored.end_iteration(3, tiny_batch(3), outputs[restored])["dwl/T"]
+    torch.testing.assert_close(t_restored, model.end_iteration(3, tiny_batch(3), outputs[model])["dwl/T"])
     assert restored.weight == model.weight and restored.weight.epochs == 2
 
 
@@ -350,9 +356,7 @@ def test_generator_step_in_feature_space_also_steps_only_g() -> None:
     m = UDAModule(
         small_dwl(), GH(), optimizer=partial(torch.optim.SGD, lr=0.1), engine=EngineOptions(grad_space="features")
     )
-    m.manual_backward = lambda loss: loss.backward()
-    optimizers = dict(zip(["g", "d", "c"], m.configure_optimizers()[0], strict=True))
     before = {n: p.detach().clone() for n, p in m.baseline.named_parameters()}
-    stats = m._run_stage(m.baseline.stage("generator"), batch(), [optimizers["g"]])[2]
+    stats = step_stage(m, "generator")
     changed = {n.split(".")[0] for n, p in m.baseline.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"backbone"} and stats[0].stats.space == "features"

@@ -16,7 +16,8 @@ from uda.baselines.gvb import GVB, bridge_loss, gvb_entropy_weights, weighted_do
 from uda.errors import ConfigError
 from uda.harmonizers import GH, Harmonizer
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions, run_stage
 
 
 class Flat(nn.Module):
@@ -159,9 +160,9 @@ def test_bridge_loss_is_mean_absolute_value() -> None:
 def test_stage_has_the_official_pairs_and_trade_offs() -> None:
     model = GVB(LeNet(), num_classes=10, trade_off=0.7, gvbg_weight=0.3, gvbd_weight=0.2, discriminator_hidden=8)
     (stage,) = model.stages
-    assert stage.coefs == {"transfer": 0.7, "cls": 1.0, "gvbg": 0.3, "gvbd": 0.2}
+    assert stage.trade_offs == {"transfer": 0.7, "cls": 1.0, "gvbg": 0.3, "gvbd": 0.2}
     assert stage.harmonize == (("transfer", "cls"), ("gvbg", "gvbd"))  # official GH pairs, loss "1" first
-    assert not stage.weighted and stage.tau_scope == "gram"
+    assert stage.trade_off == "after" and stage.tau_applies_to == "gram_params"
     with pytest.raises(ConfigError, match="gvbd_weight=-1.0 is invalid"):
         GVB(LeNet(), num_classes=10, gvbd_weight=-1.0)
 
@@ -177,7 +178,7 @@ def test_stage_has_the_official_pairs_and_trade_offs() -> None:
 def test_a_bridge_switched_off_loses_its_loss_and_the_bridge_pair(off: dict, kept: set) -> None:
     model = GVB(LeNet(), num_classes=10, discriminator_hidden=8, **off)
     (stage,) = model.stages
-    assert set(stage.coefs) == kept
+    assert set(stage.trade_offs) == kept
     assert stage.harmonize == (("transfer", "cls"),)  # a bridge pair needs both bridges
     gen = torch.Generator().manual_seed(0)
     batch = UDABatch(
@@ -210,10 +211,17 @@ def gvb_module(harmonizer: Harmonizer, engine: EngineOptions | None = None) -> t
     torch.manual_seed(0)
     model = GVB(LeNet(), num_classes=10, trade_off=0.7, gvbg_weight=0.3, gvbd_weight=0.2, discriminator_hidden=32)
     m = UDAModule(model, harmonizer, optimizer=partial(torch.optim.SGD, lr=0.01), engine=engine or EngineOptions())
-    m.manual_backward = lambda loss: loss.backward()  # no Trainer attached
     (opt,), _ = m.configure_optimizers()
-    m.iteration = 2000  # GRL coefficient λ ≈ 0.96, so the adversarial gradients reach the base network
     return m, opt
+
+
+ITERATION = 2000  # GRL coefficient λ ≈ 0.96, so the adversarial gradients reach the base network
+
+
+def main_step(m: UDAModule, opt: torch.optim.Optimizer) -> list:
+    """One run_stage of GVB's stage with the module's plan and harmonizers; returns the step's stats."""
+    loss_fn = partial(m.baseline.stage("main").loss_fn, digits_batch(), ITERATION)
+    return run_stage(m.plans["main"], loss_fn, [opt], m.group_harmonizers["main"], iteration=ITERATION).stats
 
 
 def digits_batch() -> UDABatch:
@@ -237,7 +245,7 @@ def test_gh_step_changes_every_module_and_reweights_conflicting_pairs() -> None:
         "discriminator.gvbd": model.discriminator.gvbd,
     }
     before = {name: [p.detach().clone() for p in mod.parameters()] for name, mod in modules.items()}
-    _, _, step_stats = m._run_stage(model.stage("main"), digits_batch(), [opt])
+    step_stats = main_step(m, opt)
     for name, mod in modules.items():
         changed = [not torch.equal(p, b) for p, b in zip(mod.parameters(), before[name], strict=True)]
         assert all(changed), f"{name} was not updated"
@@ -257,18 +265,17 @@ def test_gh_step_changes_every_module_and_reweights_conflicting_pairs() -> None:
     assert conflicting >= 1  # this batch and seed make at least one pair conflict
 
 
-@pytest.mark.parametrize("tau_scope", [None, "all"])
-def test_each_pair_gets_its_own_tau_after_the_trade_off(tau_scope: str | None) -> None:
+@pytest.mark.parametrize("tau_applies_to", [None, "all"])
+def test_each_pair_gets_its_own_tau_after_the_trade_off(tau_applies_to: str | None) -> None:
     harmonizer = FixedTau((2.0, 0.5))
-    m, _ = gvb_module(harmonizer, EngineOptions(tau_scope=tau_scope))
-    model, stage = m.baseline, m.baseline.stage("main")
+    m, _ = gvb_module(harmonizer, EngineOptions(tau_applies_to=tau_applies_to))
+    model = m.baseline
     with torch.random.fork_rng():
         torch.manual_seed(5)  # same dropout masks as the reference below
-        out = model.compute_losses("main", digits_batch(), m.iteration)
-        m._backward(stage, out.losses, out.features)
+        main_step(m, torch.optim.SGD(model.parameters(), lr=0.0))  # lr 0: the weights stay, .grad is read
     with torch.random.fork_rng():
         torch.manual_seed(5)
-        ref = model.compute_losses("main", digits_batch(), m.iteration)
+        ref = model.compute_losses("main", digits_batch(), ITERATION)
 
     def flat(loss: torch.Tensor, params: list) -> torch.Tensor:
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
@@ -283,9 +290,9 @@ def test_each_pair_gets_its_own_tau_after_the_trade_off(tau_scope: str | None) -
     weights = {"transfer": 2.0 * 0.7, "cls": 0.5, "gvbg": 2.0 * 0.3, "gvbd": 0.5 * 0.2}
     expected = sum(w * flat(ref.losses[n], scope) for n, w in weights.items())
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in scope]), expected, rtol=1e-4, atol=1e-7)
-    # the discriminator: plain Σ coef·g by default (tau_scope=gram), tau-weighted with the official "all"
+    # the discriminator: plain Σ coef·g by default (tau_applies_to=gram_params), tau-weighted with the official "all"
     disc = list(model.discriminator.parameters())
-    if tau_scope is None:
+    if tau_applies_to is None:
         weights = {"transfer": 0.7, "cls": 1.0, "gvbg": 0.3, "gvbd": 0.2}
     expected = sum(w * flat(ref.losses[n], disc) for n, w in weights.items())
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in disc]), expected, rtol=1e-4, atol=1e-7)

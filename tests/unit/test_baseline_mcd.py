@@ -14,7 +14,8 @@ from uda.baselines import MCD, UDABatch
 from uda.baselines.mcd import class_balance_entropy, classifier_discrepancy
 from uda.harmonizers import GH
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions, run_stage
 
 
 def test_discrepancy_is_mean_absolute_probability_difference() -> None:
@@ -37,11 +38,11 @@ def test_class_balance_entropy_by_hand() -> None:
 def test_stages_follow_the_three_step_procedure() -> None:
     model = MCD(LeNet(), num_classes=10, trade_off=2.0, num_k=3, hidden=16)
     source, maximize, minimize = model.stages
-    assert source.optimizers == ("g", "f") and source.coefs == {"cls": 1.0}
+    assert source.optimizers == ("g", "f") and source.trade_offs == {"cls": 1.0}
     # step B: L1 = classification, L2 = −discrepancy, trade-off before harmonization, only F steps
-    assert maximize.harmonize == (("cls", "neg_discrepancy"),) and maximize.weighted
-    assert maximize.optimizers == ("f",) and maximize.coefs == {"cls": 1.0, "neg_discrepancy": 2.0}
-    assert minimize.optimizers == ("g",) and minimize.repeat == 3 and minimize.coefs == {"discrepancy": 2.0}
+    assert maximize.harmonize == (("cls", "neg_discrepancy"),) and maximize.trade_off == "before"
+    assert maximize.optimizers == ("f",) and maximize.trade_offs == {"cls": 1.0, "neg_discrepancy": 2.0}
+    assert minimize.optimizers == ("g",) and minimize.repeat == 3 and minimize.trade_offs == {"discrepancy": 2.0}
     assert model.optimizer_overrides() == {"g": {"momentum": 0.0, "nesterov": False}}
 
 
@@ -53,21 +54,21 @@ def mcd_module(harmonizer) -> UDAModule:
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
         engine=EngineOptions(),
     )
-    m.manual_backward = lambda loss: loss.backward()  # no Trainer attached
-    m.optimizers_by_name = dict(zip(["g", "f"], m.configure_optimizers()[0], strict=True))
     return m
 
 
-def run_stage(m: UDAModule, name: str):
+def step_stage(m: UDAModule, name: str):
     gen = torch.Generator().manual_seed(1)
     batch = UDABatch(
         torch.randn(8, 1, 28, 28, generator=gen),
         torch.randint(0, 10, (8,), generator=gen),
         torch.randn(8, 1, 28, 28, generator=gen),
     )
-    stage = m.baseline.stage(name)
+    stage, plan = m.baseline.stage(name), m.plans[name]
+    optimizers = dict(zip(["g", "f"], m.configure_optimizers()[0], strict=True))
     before = {n: p.detach().clone() for n, p in m.baseline.named_parameters()}
-    _, _, stats = m._run_stage(stage, batch, [m.optimizers_by_name[o] for o in stage.optimizers])
+    opts = [optimizers[o] for o in plan.optimizers]
+    stats = run_stage(plan, partial(stage.loss_fn, batch, 0), opts, m.group_harmonizers[name]).stats
     changed = {n.split(".")[0] for n, p in m.baseline.named_parameters() if not torch.equal(p, before[n])}
     return changed, stats
 
@@ -81,7 +82,7 @@ def run_stage(m: UDAModule, name: str):
     ],
 )
 def test_each_stage_changes_exactly_its_modules(stage: str, expected: set[str]) -> None:
-    changed, _ = run_stage(mcd_module(GH()), stage)
+    changed, _ = step_stage(mcd_module(GH()), stage)
     assert changed == expected
 
 
@@ -97,15 +98,12 @@ def maximize_batch() -> UDABatch:
 def test_step_b_gram_is_over_the_generator_and_tau_multiplies_the_classifier_update() -> None:
     harmonizer = FixedTau((2.0, 0.5))
     m = mcd_module(harmonizer)
-    stage = m.baseline.stage("maximize")
-    m.baseline._stages = (m.baseline.stages[0], replace(stage, coefs={"cls": 1.0, "neg_discrepancy": 3.0}))
-    stage = m.baseline.stage("maximize")
-    m.optimizers_by_name["f"].zero_grad(set_to_none=True)
+    plan = replace(m.plans["maximize"], trade_offs=(1.0, 3.0))  # trade-offs (cls, neg_discrepancy)
+    f_params = [*m.baseline.classifier1.parameters(), *m.baseline.classifier2.parameters()]
+    loss_fn = partial(m.baseline.stage("maximize").loss_fn, maximize_batch(), 0)
     with torch.random.fork_rng():
         torch.manual_seed(5)  # same dropout masks as the reference below
-        out = m.baseline.compute_losses("maximize", maximize_batch(), 0)
-        m._backward(stage, out.losses, out.features)
-    f_params = [*m.baseline.classifier1.parameters(), *m.baseline.classifier2.parameters()]
+        run_stage(plan, loss_fn, [torch.optim.SGD(f_params, lr=0.0)], m.group_harmonizers["maximize"])
     got = torch.cat([p.grad.flatten() for p in f_params])
     assert all(p.grad is None for p in m.baseline.backbone.parameters())  # G is not stepped in step B
 

@@ -21,7 +21,8 @@ from uda.baselines.ssrt import (
 )
 from uda.errors import ConfigError
 from uda.models import LeNet, TimmBackbone
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions, run_stage
 
 IMG = 16
 
@@ -162,8 +163,8 @@ def test_losses_and_metrics_follow_the_recipe() -> None:
     assert out.losses["align"].item() == pytest.approx(expected_align.item(), rel=1e-6)
     assert 1 <= out.metrics["diversity"].item() <= 4  # distinct classes among 4 target predictions
     stage = model.stages[0]
-    assert stage.harmonize == (("cls", "align"),) and stage.weighted and stage.tau_scope == "all"
-    assert stage.coefs == {"cls": 1.0, "align": 1.0}
+    assert stage.harmonize == (("cls", "align"),) and stage.trade_off == "before" and stage.tau_applies_to == "all"
+    assert stage.trade_offs == {"cls": 1.0, "align": 1.0}
     assert model.official_scope == ("backbone",)
 
 
@@ -257,7 +258,7 @@ def test_end_iteration_logs_diversity_and_checks_at_period_end() -> None:
         model.begin_iteration(i)
         out = model.compute_losses("main", b, i)
         records.append(out.metrics["diversity"].item())
-        metrics = model.end_iteration(i)
+        metrics = model.end_iteration(i, b, {"main": out})
         assert ("safe_restore_scheduled" in metrics) == (i == 3)  # the last iteration of the period T = 4
     assert [v.item() for v in model.safe.diversity] == records
     # without a collapse the log becomes the reference of the next period's drop test
@@ -269,8 +270,7 @@ def test_safe_training_state_survives_a_checkpoint() -> None:
     b = tiny_batch()
     for i in range(6):
         model.begin_iteration(i)
-        model.compute_losses("main", b, i)
-        model.end_iteration(i)
+        model.end_iteration(i, b, {"main": model.compute_losses("main", b, i)})
     model.safe.r_period, model.safe.r_phase, model.safe.last_restore = 8, 3, 4
     model.safe.restore_pending = True
     buffer = io.BytesIO()
@@ -304,16 +304,15 @@ def test_harmonized_step_gram_over_the_vit_and_tau_on_every_parameter() -> None:
     model = tiny_ssrt(cls_weight=0.7)
     module = UDAModule(model, harmonizer, optimizer=partial(torch.optim.SGD, lr=0.1), engine=EngineOptions())
     (optimizer,) = module.configure_optimizers()[0]
-    stage = model.stages[0]
     iteration = 600  # GRL and ramp well above zero: the alignment loss reaches the ViT
     rng_state = model.rng.get_state()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    optimizer.zero_grad(set_to_none=True)
+    loss_fn = partial(model.stage("main").loss_fn, tiny_batch(), iteration)
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: .grad is read, the weights stay
     with torch.random.fork_rng():
         torch.manual_seed(5)  # same dropout masks as the reference below
-        out = model.compute_losses("main", tiny_batch(), iteration)
-        module._backward(stage, out.losses, out.features)
+        run_stage(module.plans["main"], loss_fn, [frozen], module.group_harmonizers["main"], iteration=iteration)
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.rng.set_state(rng_state)  # same perturbed layer and KL direction
@@ -325,7 +324,7 @@ def test_harmonized_step_gram_over_the_vit_and_tau_on_every_parameter() -> None:
     over_vit = torch.stack([0.7 * flat_grad(ref.losses["cls"], vit_params), flat_grad(ref.losses["align"], vit_params)])
     assert over_vit[1].abs().sum() > 0
     torch.testing.assert_close(harmonizer.seen[0].double(), (over_vit @ over_vit.T).double(), rtol=1e-4, atol=1e-9)
-    # tau multiplies every gradient (official tau_scope=all): heads and discriminator included
+    # tau multiplies every gradient (official tau_applies_to=all): heads and discriminator included
     names, params = zip(*model.named_parameters(), strict=True)
     g_cls, g_align = flat_grad(ref.losses["cls"], list(params)), flat_grad(ref.losses["align"], list(params))
     expected = 2.0 * 0.7 * g_cls + 0.5 * g_align

@@ -118,7 +118,7 @@ def test_cdan_returns_named_losses_and_metrics(randomized: bool) -> None:
     assert set(out.losses) == {"align", "cls"}
     assert out.metrics["grl_coeff"] == 0.0
     assert model.stages[0].harmonize == (("align", "cls"),)  # official order: alignment is loss "1"
-    assert model.stages[0].coefs == {"align": 1.0, "cls": 1.0}
+    assert model.stages[0].trade_offs == {"align": 1.0, "cls": 1.0}
     assert model.predict(batch().x_source).shape == (4, 10)
 
 
@@ -156,4 +156,4 @@ def test_backbone_must_expose_feature_dimension() -> None:
 @pytest.mark.parametrize("cls", [CDAN, DANN])
 def test_adversarial_baselines_keep_tau_off_the_discriminator_by_default(cls) -> None:
     stage = cls(LeNet(), num_classes=10, discriminator_hidden=8).stages[0]
-    assert stage.tau_scope == "gram" and not stage.weighted
+    assert stage.tau_applies_to == "gram_params" and stage.trade_off == "after"

@@ -55,7 +55,7 @@ def test_only_the_prompt_vectors_are_trained(clip, name) -> None:
     assert trained and {id(p) for p in trained} == prompt_ids
     assert not any(p.requires_grad for p in baseline.backbone.parameters())
     out = baseline.compute_losses("main", batch(), 0)
-    assert set(out.losses) == set(baseline.stages[0].coefs)
+    assert set(out.losses) == set(baseline.stages[0].trade_offs)
     sum(out.losses.values()).backward()
     assert all(p.grad is None for p in baseline.backbone.parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in trained)
@@ -83,7 +83,7 @@ def test_class_names_come_from_the_dataset_and_bad_ones_are_one_sentence(clip) -
         CoOp(clip, 10)
     with pytest.raises(ConfigError, match=r"baseline=coop prompts CLIP's text tower, but the backbone is LeNet; use"):
         CoOp(LeNet(), 10, dataset_class_names=DIGITS)
-    with pytest.raises(ConfigError, match=r"engine.scope=backbone is empty for coop: the CLIP towers are frozen"):
+    with pytest.raises(ConfigError, match=r"engine.gram_scope=backbone is empty for coop: the CLIP towers are frozen"):
         build("coop", clip).scope_parameters("backbone")
 
 
@@ -109,9 +109,9 @@ def test_prograd_update_is_paper_eq4(clip, case) -> None:
     lam, temperature = 0.7, 1.0
     baseline = build("prograd", clip)
     stage = baseline.stages[0]
-    names = list(stage.coefs)
+    names = list(stage.trade_offs)
     groups = [[names.index(n) for n in group] for group in stage.harmonize]
-    assert groups == [[0, 1]] and names == ["cls", "kl"] and stage.weighted is False
+    assert groups == [[0, 1]] and names == ["cls", "kl"] and stage.trade_off == "after"
     params = baseline.optimizer_groups()["main"]["heads"]
     assert len(params) == 1  # one prompt tensor: ProGrad's per-tensor rule is the global one
     b = batch()
@@ -136,10 +136,10 @@ def test_prograd_update_is_paper_eq4(clip, case) -> None:
         losses(),
         params,
         ProGrad(lam, keep_anchor=False),
-        coefs=[stage.coefs[n] for n in names],
+        trade_offs=[stage.trade_offs[n] for n in names],
         groups=groups,
-        weighted=stage.weighted,
-        tau_scope=stage.tau_scope,
+        weighted=stage.trade_off == "before",
+        tau_applies_to=stage.tau_applies_to,
         gram_params=baseline.scope_parameters("official", stage.name),
     )
     torch.testing.assert_close(params[0].grad, expected, atol=1e-7, rtol=1e-5)
@@ -167,8 +167,8 @@ def test_dapl_pseudo_labels_and_masked_loss_by_hand() -> None:
 def test_dapl_prompts_losses_and_harmonized_group(clip) -> None:
     baseline = build("dapl", clip)
     stage = baseline.stages[0]
-    assert stage.harmonize == (("target", "source"),) and stage.tau_scope == "gram"
-    assert stage.coefs == {"target": 1.0, "source": 1.0}
+    assert stage.harmonize == (("target", "source"),) and stage.tau_applies_to == "gram_params"
+    assert stage.trade_offs == {"target": 1.0, "source": 1.0}
     shared = baseline.scope_parameters("official", "main")
     assert [id(p) for p in shared] == [id(baseline.prompt.shared.vectors)]
     assert baseline.prompt.tokens[1].texts[0].endswith("X 0, a uci image.")
@@ -193,7 +193,7 @@ def test_dapl_prompts_losses_and_harmonized_group(clip) -> None:
         GH(),
         groups=[[0, 1]],
         gram_params=shared,
-        tau_scope=stage.tau_scope,
+        tau_applies_to=stage.tau_applies_to,
     )
     torch.testing.assert_close(source_ctx.grad, g_s[0])
     torch.testing.assert_close(target_ctx.grad, g_t[1])

@@ -74,7 +74,7 @@ def test_office_batches_feed_a_baseline(train_cfg, tmp_path) -> None:
     batch = next(iter(datamodule.train_dataloader()))[0]
     (x_s, y_s), x_t = batch["source"], batch["target"]
     out = baseline.compute_losses(baseline.stages[0].name, UDABatch(x_s, y_s, x_t), iteration=0)
-    assert set(out.losses) == set(baseline.stages[0].coefs)
+    assert set(out.losses) == set(baseline.stages[0].trade_offs)
     assert all(torch.isfinite(loss) for loss in out.losses.values())
     assert baseline.predict(x_t).shape == (4, 31)
 
@@ -100,6 +100,6 @@ def test_short_training_run_on_a_generated_office31_tree(train_cfg, tmp_path) ->
         "lr_mult.backbone=0.1",
         *QUICK,
     )
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
     assert summary["task"] == "amazon→webcam" and summary["iterations"] == 4
     assert 0.0 <= summary["target_acc_last"] <= 1.0

@@ -51,10 +51,10 @@ def test_two_pass_equals_official_three_pass_on_cdan(cdan, harmonizer, coefs) ->
     params = list(model.parameters())
     scope = model.scope_parameters("official")
 
-    three_tau = three_pass_backward(cdan_losses(model, batch), params, harmonizer, coefs=coefs, gram_params=scope)
+    three_tau = three_pass_backward(cdan_losses(model, batch), params, harmonizer, trade_offs=coefs, gram_params=scope)
     expected = grads(params)
     clear(model)
-    stats = harmonized_backward(cdan_losses(model, batch), params, harmonizer, coefs=coefs, gram_params=scope)
+    stats = harmonized_backward(cdan_losses(model, batch), params, harmonizer, trade_offs=coefs, gram_params=scope)
     got = grads(params)
 
     torch.testing.assert_close(stats.tau, three_tau)
@@ -81,15 +81,15 @@ def test_official_scope_excludes_discriminator_but_tau_still_scales_it(cdan) -> 
         torch.testing.assert_close(o, stats.tau[0] * r)
 
 
-def test_tau_scope_gram_leaves_parameters_outside_the_scope_unweighted(cdan) -> None:
+def test_tau_on_gram_params_leaves_parameters_outside_the_scope_unweighted(cdan) -> None:
     model, batch = cdan
     params = list(model.parameters())
     scope = model.scope_parameters("official")
-    harmonized_backward(cdan_losses(model, batch), params, NoHarmonizer(), coefs=[0.5, 1.0], gram_params=scope)
+    harmonized_backward(cdan_losses(model, batch), params, NoHarmonizer(), trade_offs=[0.5, 1.0], gram_params=scope)
     plain = grads(params)
     clear(model)
     stats = harmonized_backward(
-        cdan_losses(model, batch), params, GH(), coefs=[0.5, 1.0], gram_params=scope, tau_scope="gram"
+        cdan_losses(model, batch), params, GH(), trade_offs=[0.5, 1.0], gram_params=scope, tau_applies_to="gram_params"
     )
     scope_ids = set(map(id, scope))
     for p, g in zip(params, plain, strict=True):
@@ -103,12 +103,12 @@ def test_weighted_gram_uses_coefficient_scaled_gradients() -> None:
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
     losses = lambda: [w @ g1, w @ g2]  # noqa: E731 - gradients are exactly g1, g2
     coefs = [0.2, 1.0]
-    stats = harmonized_backward(losses(), [w], GH(), coefs=coefs, weighted=True)
+    stats = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, weighted=True)
     expected_tau = GH().weights(torch.stack([0.2 * g1, g2]) @ torch.stack([0.2 * g1, g2]).T)
     torch.testing.assert_close(stats.tau, expected_tau)
     torch.testing.assert_close(w.grad, 0.2 * expected_tau[0] * g1 + expected_tau[1] * g2)
     w.grad = None
-    unweighted = harmonized_backward(losses(), [w], GH(), coefs=coefs, weighted=False)
+    unweighted = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, weighted=False)
     torch.testing.assert_close(unweighted.tau, GH().weights(torch.stack([g1, g2]) @ torch.stack([g1, g2]).T))
     assert not torch.allclose(unweighted.tau, stats.tau)
 
@@ -145,7 +145,7 @@ def test_stats_update_geometry_matches_explicit_vectors() -> None:
     w = nn.Parameter(torch.zeros(6))
     g1, g2 = torch.randn(6), torch.randn(6)
     g2 = g2 - 2 * (g2 @ g1).abs() / (g1 @ g1) * g1  # make them conflict
-    stats = harmonized_backward([w @ g1, w @ g2], [w], GH(), coefs=[0.7, 1.0])
+    stats = harmonized_backward([w @ g1, w @ g2], [w], GH(), trade_offs=[0.7, 1.0])
     d = w.grad
     torch.testing.assert_close(stats.update_dots, torch.stack([d @ g1, d @ g2]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(stats.update_norm, d.norm(), rtol=1e-4, atol=1e-6)
@@ -161,7 +161,7 @@ def test_gh_guarantee_holds_unless_the_trade_off_is_applied_after_harmonization(
 
     def run(coefs, weighted):
         w.grad = None
-        return harmonized_backward([w @ g1, w @ g2], [w], GH(), coefs=coefs, weighted=weighted)
+        return harmonized_backward([w @ g1, w @ g2], [w], GH(), trade_offs=coefs, weighted=weighted)
 
     assert run([1.0, 1.0], False).conflict_after().item() == 0.0
     assert run([0.1, 1.0], False).conflict_after().item() == 1.0
@@ -197,15 +197,15 @@ def feature_losses(model: CDAN, batch: UDABatch):
 def test_feature_space_weights_whole_losses_or_only_the_extractor(cdan) -> None:
     model, batch = cdan
     (losses, z) = feature_losses(model, batch)
-    stats_all = feature_space_backward(losses, z, GH(), coefs=[0.5, 1.0], tau_scope="all")
+    stats_all = feature_space_backward(losses, z, GH(), trade_offs=[0.5, 1.0], tau_applies_to="all")
     all_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     clear(model)
     (losses, z) = feature_losses(model, batch)
-    stats_gram = feature_space_backward(losses, z, GH(), coefs=[0.5, 1.0], tau_scope="gram")
+    stats_gram = feature_space_backward(losses, z, GH(), trade_offs=[0.5, 1.0], tau_applies_to="gram_params")
     gram_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     clear(model)
     (losses, z) = feature_losses(model, batch)
-    harmonized_backward(losses, model.parameters(), NoHarmonizer(), coefs=[0.5, 1.0])
+    harmonized_backward(losses, model.parameters(), NoHarmonizer(), trade_offs=[0.5, 1.0])
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     torch.testing.assert_close(stats_all.tau, stats_gram.tau)
@@ -232,7 +232,7 @@ def stats_from_vectors(g: torch.Tensor, tau, coefs, pair, groups, weighted=False
     return GradStats(
         gram=g @ g.T,
         tau=torch.as_tensor(tau, dtype=g.dtype),
-        coefs=torch.as_tensor(coefs, dtype=g.dtype),
+        trade_offs=torch.as_tensor(coefs, dtype=g.dtype),
         groups=groups,
         pair_coefs=torch.as_tensor(pair, dtype=g.dtype),
         weighted=weighted,

@@ -23,7 +23,7 @@ def stats_of(g: list[list[float]], tau=None, pair=None, coefs=None, groups=((0, 
     return GradStats(
         gram=vectors @ vectors.T,
         tau=pair_coefs.sum(0) if tau is None else torch.tensor(tau, dtype=F64),
-        coefs=torch.ones(m, dtype=F64) if coefs is None else torch.tensor(coefs, dtype=F64),
+        trade_offs=torch.ones(m, dtype=F64) if coefs is None else torch.tensor(coefs, dtype=F64),
         groups=groups,
         pair_coefs=pair_coefs,
     )
@@ -120,7 +120,7 @@ def test_update_conflict_tolerates_rounding_only(excess, counted) -> None:
     stats = GradStats(
         gram=torch.tensor([[1.0, c], [c, 2.0]], dtype=F64),
         tau=torch.ones(2, dtype=F64),
-        coefs=torch.ones(2, dtype=F64),
+        trade_offs=torch.ones(2, dtype=F64),
         groups=((0, 1),),
         pair_coefs=torch.eye(2, dtype=F64),
     )

@@ -1,22 +1,26 @@
 """What every baseline provides: heads, named losses per stage, parameter scopes. Nothing about harmonization.
 
-A baseline declares its training *stages*. Each stage names the losses it computes, their trade-off
-coefficients, the optimizer it steps, and which losses are harmonized together (in the official order:
-the first loss of a group is GH++'s loss "1"). The training module runs the stages; the gradient engine
-turns the losses into ``.grad``; the baseline never sees tau.
+A baseline declares its training *stages*. Each stage carries the function that computes its named losses,
+their trade-offs, the optimizer it steps, and which losses are harmonized together (in the official order:
+the first loss of a group is GH++'s loss "1"). :func:`uda.training.run_stage` runs a stage; the gradient
+engine turns the losses into ``.grad``; the baseline never sees tau.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
-#: names of the Gram scopes a user can choose with ``engine.scope``
+from uda.harmonizers.engine import TAU_APPLIES_TO
+
+#: names of the Gram scopes a user can choose with ``engine.gram_scope``
 GRAM_SCOPES = ("official", "backbone", "shared")
+#: where a stage applies its trade-offs: ``before`` harmonization (the harmonizer sees trade_off_i·g_i) or ``after``
+TRADE_OFF_PLACEMENTS = ("before", "after")
 
 
 class UDABatch(NamedTuple):
@@ -33,21 +37,24 @@ class Stage:
 
     Attributes:
         name: stage name (used in log keys when a baseline has several stages).
-        coefs: the losses this stage minimizes, mapped to their (non-negative) trade-off coefficients.
+        trade_offs: the losses this stage minimizes, mapped to their (non-negative) trade-offs.
+        loss_fn: ``loss_fn(batch, iteration) -> StageOutput``: the forward pass computing the named losses.
         harmonize: groups of loss names harmonized together, official order first (loss "1" first).
-        weighted: official placement of the trade-off: True = coefficients multiply the losses before
-            harmonization (MCD, SSRT), False = after (CDAN, GVB, DWL). ``engine.weighted`` overrides it.
-        tau_scope: which gradients tau multiplies by default: ``all`` (official) or ``gram`` (only the
-            Gram scope; parameters outside it keep Σ coef_i g_i). ``engine.tau_scope`` overrides it.
+        trade_off: official placement of the trade-offs: ``before`` = they multiply the losses before
+            harmonization (MCD, SSRT), ``after`` (CDAN, GVB, DWL). ``engine.trade_off`` overrides it.
+        tau_applies_to: which gradients tau multiplies by default: ``all`` (official) or ``gram_params``
+            (only the Gram scope; parameters outside it keep Σ trade_off_i g_i). ``engine.tau_applies_to``
+            overrides it.
         optimizer: name(s) of the optimizer(s) this stage steps (see :meth:`Baseline.optimizer_groups`).
         repeat: how many times the stage runs per iteration (e.g. MCD's num_k generator steps).
     """
 
     name: str
-    coefs: Mapping[str, float]
+    trade_offs: Mapping[str, float]
+    loss_fn: Callable[[UDABatch, int], StageOutput] = field(compare=False)
     harmonize: tuple[tuple[str, ...], ...] = ()
-    weighted: bool = False
-    tau_scope: str = "all"
+    trade_off: str = "after"
+    tau_applies_to: str = "all"
     optimizer: str | tuple[str, ...] = "main"
     repeat: int = 1
 
@@ -57,15 +64,19 @@ class Stage:
         return (self.optimizer,) if isinstance(self.optimizer, str) else tuple(self.optimizer)
 
     def __post_init__(self) -> None:
-        negative = [name for name, c in self.coefs.items() if c < 0]
+        negative = [name for name, c in self.trade_offs.items() if c < 0]
         if negative:
             # a loss is something to minimize: put the sign into the loss, so every harmonizer sees the
             # gradient of what is actually minimized whether or not the trade-off is applied before it
-            raise ValueError(f"stage {self.name!r}: coefficients must be >= 0, got negative ones for {negative}")
+            raise ValueError(f"stage {self.name!r}: trade-offs must be >= 0, got negative ones for {negative}")
         for group in self.harmonize:
-            missing = [name for name in group if name not in self.coefs]
+            missing = [name for name in group if name not in self.trade_offs]
             if missing:
                 raise ValueError(f"stage {self.name!r} harmonizes unknown losses {missing}")
+        if self.trade_off not in TRADE_OFF_PLACEMENTS:
+            raise ValueError(f"stage {self.name!r}: trade_off must be one of {TRADE_OFF_PLACEMENTS}")
+        if self.tau_applies_to not in TAU_APPLIES_TO:
+            raise ValueError(f"stage {self.name!r}: tau_applies_to must be one of {TAU_APPLIES_TO}")
 
 
 @dataclass
@@ -73,7 +84,7 @@ class StageOutput:
     """What one stage computed.
 
     Attributes:
-        losses: named losses (keys match ``Stage.coefs``).
+        losses: named losses (keys match ``Stage.trade_offs``).
         metrics: extra values to log (``train/<name>``).
         features: the batch features shared by the stage's losses (the output of the feature extractor),
             used by ``engine.grad_space=features``; ``None`` when the stage has no single shared tensor.
@@ -87,8 +98,8 @@ class StageOutput:
 class Baseline(nn.Module, ABC):
     """A UDA method: backbone + heads + losses.
 
-    Subclasses set ``name``, build their heads, define :attr:`stages`, and implement
-    :meth:`compute_losses` and :meth:`predict`. Parameter scopes are given by module attribute names:
+    Subclasses set ``name``, build their heads, define :attr:`stages` (each with its loss function) and
+    implement :meth:`predict`. Parameter scopes are given by module attribute names:
     ``official_scope`` (the parameters the official GH code puts in the Gram matrix) and ``shared_scope``
     (the feature extractor shared by all losses).
     """
@@ -109,9 +120,10 @@ class Baseline(nn.Module, ABC):
     def stages(self) -> tuple[Stage, ...]:
         """The stages of one training iteration, in order."""
 
-    @abstractmethod
     def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        """Forward pass for ``stage``; ``iteration`` drives schedules such as the GRL coefficient."""
+        """Forward pass of the stage named ``stage`` (its ``loss_fn``); ``iteration`` drives schedules such as
+        the GRL coefficient."""
+        return self.stage(stage).loss_fn(batch, iteration)
 
     @abstractmethod
     def predict(self, x: Tensor) -> Tensor:
@@ -133,8 +145,13 @@ class Baseline(nn.Module, ABC):
         """Hook before the stages of an iteration (e.g. SSRT's safe-training restore); returns metrics."""
         return {}
 
-    def end_iteration(self, iteration: int) -> dict[str, Tensor | float]:
-        """Hook after the stages of an iteration (e.g. DWL's periodic dynamic weight); returns metrics."""
+    def end_iteration(
+        self, iteration: int, batch: UDABatch, outputs: Mapping[str, StageOutput]
+    ) -> dict[str, Tensor | float]:
+        """Hook after the stages of an iteration (e.g. DWL's periodic dynamic weight); returns metrics.
+
+        ``batch`` is the iteration's batch and ``outputs`` the latest output of each stage that ran, by name.
+        """
         return {}
 
     def official_scope_for(self, stage: str | None) -> tuple[str, ...]:
@@ -154,6 +171,7 @@ class Baseline(nn.Module, ABC):
         return [p for name in names for p in getattr(self, name).parameters()]
 
     def stage(self, name: str) -> Stage:
+        """The stage called ``name``."""
         for stage in self.stages:
             if stage.name == name:
                 return stage

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uda.baselines.base import Baseline, Stage, StageOutput, UDABatch
+from uda.baselines.base import Stage, StageOutput, UDABatch
 from uda.baselines.dann import discriminator_accuracy, domain_labels
+from uda.baselines.trunk import ClassifierTrunk
 from uda.models.grl import WarmStartSchedule, grad_reverse
-from uda.models.heads import Bottleneck, DomainDiscriminator, RandomizedMultilinearMap, multilinear_map
+from uda.models.heads import DomainDiscriminator, RandomizedMultilinearMap, multilinear_map
 
 ENTROPY_EPS = 1e-5  # thuml CDAN: H(p) = -Σ p log(p + 1e-5)
 
@@ -60,7 +61,7 @@ def cdan_loss(
     return (weight * bce).sum() / weight.sum().detach(), acc
 
 
-class CDAN(Baseline):
+class CDAN(ClassifierTrunk):
     """CDAN+E (``entropy=True``, default) or plain CDAN.
 
     Losses: ``align`` (conditional adversarial loss, loss "1" as in the official GH code) and ``cls``
@@ -69,16 +70,14 @@ class CDAN(Baseline):
     ``randomized=True`` uses the randomized multilinear map (official GH-CDAN default on Office).
 
     One deviation from the official code, on purpose: tau does not multiply the discriminator's
-    gradient by default (stage ``tau_scope="gram"``). GH's tau1 = 1 − c/‖g1‖² grows like 1/λ(i) while
+    gradient by default (stage ``tau_applies_to="gram_params"``). GH's tau1 = 1 − c/‖g1‖² grows like 1/λ(i) while
     the GRL coefficient λ(i) is still small (tau1 reached ~500 in the first iterations on the offline
-    digits), and the discriminator's own gradient is not scaled by λ, so the official ``tau_scope=all``
+    digits), and the discriminator's own gradient is not scaled by λ, so the official ``tau_applies_to=all``
     inflates it by that factor: CDAN+E + GH diverged (NaN at iteration 21, lr 0.01, seed 0).
-    ``engine.tau_scope=all`` restores the official behaviour.
+    ``engine.tau_applies_to=all`` restores the official behaviour.
     """
 
     name = "cdan"
-    official_scope = ("backbone", "bottleneck", "classifier")
-    shared_scope = ("backbone", "bottleneck")
 
     def __init__(
         self,
@@ -94,11 +93,8 @@ class CDAN(Baseline):
         discriminator_dropout: float = 0.5,
         grl: WarmStartSchedule | None = None,
     ) -> None:
-        super().__init__(backbone, num_classes)
-        feat = backbone.out_features
-        self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_kind) if bottleneck_dim else nn.Identity()
-        dim = bottleneck_dim or feat
-        self.classifier = nn.Linear(dim, num_classes)
+        super().__init__(backbone, num_classes, bottleneck_dim, bottleneck_kind)
+        dim = self.feature_dim
         self.random_map = RandomizedMultilinearMap(dim, num_classes, randomized_dim) if randomized else None
         self.discriminator = DomainDiscriminator(
             randomized_dim if randomized else dim * num_classes, discriminator_hidden, discriminator_dropout
@@ -108,7 +104,11 @@ class CDAN(Baseline):
         self.trade_off = float(trade_off)
         # loss "1" = alignment (official order); tau leaves the discriminator alone (see class docs)
         main = Stage(
-            "main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),), tau_scope="gram"
+            "main",
+            trade_offs={"align": self.trade_off, "cls": 1.0},
+            loss_fn=self.adaptation_losses,
+            harmonize=(("align", "cls"),),
+            tau_applies_to="gram_params",
         )
         self._stages = (main,)
 
@@ -116,12 +116,10 @@ class CDAN(Baseline):
     def stages(self) -> tuple[Stage, ...]:
         return self._stages
 
-    def predict(self, x: Tensor) -> Tensor:
-        return self.classifier(self.bottleneck(self.backbone(x)))
-
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def adaptation_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``align`` (the CDAN(+E) loss behind the GRL) and ``cls`` (source CE)."""
         ns = batch.x_source.shape[0]
-        features = self.bottleneck(self.backbone(torch.cat([batch.x_source, batch.x_target])))
+        features = self.features(torch.cat([batch.x_source, batch.x_target]))
         logits = self.classifier(features)
         coeff = self.grl(iteration)
         align, domain_acc = cdan_loss(

@@ -40,7 +40,7 @@ class CoOp(PromptBaseline):
             backbone, num_classes, class_names, dataset_class_names, cache_image_features, cache_max_entries
         )
         self.prompt = CoOpPrompt(self.backbone, self.class_names, n_ctx, init, class_specific)
-        self._stages = (Stage("main", coefs={"cls": 1.0}),)
+        self._stages = (Stage("main", trade_offs={"cls": 1.0}, loss_fn=self.prompt_losses),)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -52,6 +52,7 @@ class CoOp(PromptBaseline):
     def predict(self, x: Tensor) -> Tensor:
         return self.logits(self.image_features(x))
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def prompt_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``cls``: source CE through the learned prompt."""
         logits = self.logits(self.image_features(batch.x_source))
         return StageOutput({"cls": F.cross_entropy(logits, batch.y_source)}, self.cache_metrics())

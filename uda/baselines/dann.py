@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uda.baselines.base import Baseline, Stage, StageOutput, UDABatch
+from uda.baselines.base import Stage, StageOutput, UDABatch
+from uda.baselines.trunk import ClassifierTrunk
 from uda.models.grl import WarmStartSchedule, grad_reverse
-from uda.models.heads import Bottleneck, DomainDiscriminator
+from uda.models.heads import DomainDiscriminator
 
 
 def domain_labels(num_source: int, num_target: int, like: Tensor) -> Tensor:
@@ -21,19 +22,17 @@ def discriminator_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return ((logits > 0).to(labels.dtype) == labels).float().mean().detach()
 
 
-class DANN(Baseline):
+class DANN(ClassifierTrunk):
     """Features → GRL(λ(i)) → domain discriminator; alignment loss = domain BCE.
 
     Losses: ``align`` (domain BCE, loss "1") and ``cls`` (source CE); the update minimizes
     trade_off·align + cls, the GRL making the feature extractor maximize the domain loss.
     The official GH code has no DANN; we follow its CDAN convention (Gram over backbone + bottleneck +
     classifier, trade-off applied after harmonization) and, like our CDAN, leave the discriminator's
-    gradient unweighted by tau (stage ``tau_scope="gram"``, see :class:`~uda.baselines.CDAN`).
+    gradient unweighted by tau (stage ``tau_applies_to="gram_params"``, see :class:`~uda.baselines.CDAN`).
     """
 
     name = "dann"
-    official_scope = ("backbone", "bottleneck", "classifier")
-    shared_scope = ("backbone", "bottleneck")
 
     def __init__(
         self,
@@ -46,17 +45,17 @@ class DANN(Baseline):
         discriminator_dropout: float = 0.5,
         grl: WarmStartSchedule | None = None,
     ) -> None:
-        super().__init__(backbone, num_classes)
-        feat = backbone.out_features
-        self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_kind) if bottleneck_dim else nn.Identity()
-        dim = bottleneck_dim or feat
-        self.classifier = nn.Linear(dim, num_classes)
-        self.discriminator = DomainDiscriminator(dim, discriminator_hidden, discriminator_dropout)
+        super().__init__(backbone, num_classes, bottleneck_dim, bottleneck_kind)
+        self.discriminator = DomainDiscriminator(self.feature_dim, discriminator_hidden, discriminator_dropout)
         self.grl = grl or WarmStartSchedule()
         self.trade_off = float(trade_off)
         # loss "1" = alignment (official order); tau leaves the discriminator alone (see class docs)
         main = Stage(
-            "main", coefs={"align": self.trade_off, "cls": 1.0}, harmonize=(("align", "cls"),), tau_scope="gram"
+            "main",
+            trade_offs={"align": self.trade_off, "cls": 1.0},
+            loss_fn=self.adaptation_losses,
+            harmonize=(("align", "cls"),),
+            tau_applies_to="gram_params",
         )
         self._stages = (main,)
 
@@ -64,12 +63,10 @@ class DANN(Baseline):
     def stages(self) -> tuple[Stage, ...]:
         return self._stages
 
-    def predict(self, x: Tensor) -> Tensor:
-        return self.classifier(self.bottleneck(self.backbone(x)))
-
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def adaptation_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``align`` (domain BCE behind the GRL) and ``cls`` (source CE)."""
         ns = batch.x_source.shape[0]
-        features = self.bottleneck(self.backbone(torch.cat([batch.x_source, batch.x_target])))
+        features = self.features(torch.cat([batch.x_source, batch.x_target]))
         logits = self.classifier(features[:ns])
         coeff = self.grl(iteration)
         d_logits = self.discriminator(grad_reverse(features, coeff))

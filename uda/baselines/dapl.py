@@ -53,7 +53,7 @@ class DAPL(PromptBaseline):
     Harmonization: the two losses form a harmonized group over the shared prompt (the Gram scope: the only
     parameters both reach; each domain context gets one loss only). Loss "1" is ``target``, the adaptation
     loss, as the alignment loss is for CDAN+E (``engine.upweight=source`` swaps them). tau multiplies the
-    shared prompt only (``tau_scope="gram"``): a domain prompt keeps its own loss's gradient. With
+    shared prompt only (``tau_applies_to="gram_params"``): a domain prompt keeps its own loss's gradient. With
     ``harmonizer=none`` the update is the official one.
     """
 
@@ -107,9 +107,10 @@ class DAPL(PromptBaseline):
         self.zeroshot = ZeroShotHead(self.backbone, self.class_names, template)
         main = Stage(
             "main",
-            coefs={"target": self.trade_off, "source": 1.0},
+            trade_offs={"target": self.trade_off, "source": 1.0},
+            loss_fn=self.prompt_losses,
             harmonize=(("target", "source"),),
-            tau_scope="gram",
+            tau_applies_to="gram_params",
         )
         self._stages = (main,)
 
@@ -130,7 +131,8 @@ class DAPL(PromptBaseline):
         probs = [self.domain_logits(features, d).float().softmax(dim=-1) for d in (SOURCE, TARGET)]
         return (probs[0] + probs[1]) / 2
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def prompt_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``target`` (confident zero-shot pseudo-labels through the target prompt) and ``source`` (CE)."""
         source_features = self.image_features(batch.x_source)
         target_features = self.image_features(batch.x_target)
         with torch.no_grad():

@@ -6,6 +6,7 @@ for the GH placement. The dynamic weight T lives in :mod:`uda.baselines.dwl_weig
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -96,9 +97,9 @@ class DWL(Baseline):
       −disc(C1, C2) on target; steps C, C1, C2.
     * ``generator`` (``num_k3``): ``adversarial`` = −``adversarial_weight``·BCE(D(G x_s), D(G x_t).detach())
       (official ``loss_4``, the 0.2 inside the loss as there) and ``discrepancy`` = the three classifier
-      discrepancies on target (``loss_5``), with coefficients (T, 1 − T); steps G only. This is the step the
+      discrepancies on target (``loss_5``), with trade-offs (T, 1 − T); steps G only. This is the step the
       official GH code harmonizes: Gram over G, loss "1" = adversarial, tau computed from the unweighted
-      losses and the trade-off T applied after it (``weighted=False``).
+      losses and the trade-off T applied after it (``trade_off="after"``).
     * ``pseudo_label`` (``num_k4``, 0 = off): :func:`pseudo_label_loss` on target; steps G and C.
 
     Stages 2–3 take G's features without a graph: only the heads step there, exactly what the official
@@ -163,27 +164,49 @@ class DWL(Baseline):
         self.weight = DynamicWeight()
         # features of the current epoch: (source features, source labels, target features, pseudo-labels)
         self._pending: list[tuple[Tensor, ...]] = []
-        self._last_batch: UDABatch | None = None
 
     # ----------------------------------------------------------------- stages
     @property
     def stages(self) -> tuple[Stage, ...]:
         t = self.weight.t
         stages = [
-            Stage("source", coefs={"cls": 1.0}, optimizer=("g", "c"), repeat=self.num_k1),
-            Stage("discriminator", coefs={"domain": self.discriminator_weight}, optimizer="d", repeat=self.num_k2),
-            Stage("classifiers", coefs={"cls": 1.0, "neg_discrepancy": 1.0}, optimizer="c", repeat=self.num_k2),
+            Stage(
+                "source", trade_offs={"cls": 1.0}, loss_fn=self.source_losses, optimizer=("g", "c"), repeat=self.num_k1
+            ),
+            Stage(
+                "discriminator",
+                trade_offs={"domain": self.discriminator_weight},
+                loss_fn=self.discriminator_losses,
+                optimizer="d",
+                repeat=self.num_k2,
+            ),
+            Stage(
+                "classifiers",
+                trade_offs={"cls": 1.0, "neg_discrepancy": 1.0},
+                loss_fn=self.classifier_losses,
+                optimizer="c",
+                repeat=self.num_k2,
+            ),
             Stage(
                 "generator",
-                coefs={"adversarial": t, "discrepancy": 1.0 - t},
+                trade_offs={"adversarial": t, "discrepancy": 1.0 - t},
+                loss_fn=self.generator_losses,
                 harmonize=(("adversarial", "discrepancy"),),
-                weighted=False,
+                trade_off="after",
                 optimizer="g",
                 repeat=self.num_k3,
             ),
         ]
         if self.num_k4 > 0:
-            stages.append(Stage("pseudo_label", coefs={"pseudo_label": 1.0}, optimizer=("g", "c"), repeat=self.num_k4))
+            stages.append(
+                Stage(
+                    "pseudo_label",
+                    trade_offs={"pseudo_label": 1.0},
+                    loss_fn=self.pseudo_label_losses,
+                    optimizer=("g", "c"),
+                    repeat=self.num_k4,
+                )
+            )
         return tuple(stages)
 
     def optimizer_groups(self) -> dict[str, dict[str, list[nn.Parameter]]]:
@@ -223,46 +246,59 @@ class DWL(Baseline):
         ns = batch.x_source.shape[0]
         return features, features[:ns], features[ns:]
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        self._last_batch = batch  # for the end-of-iteration feature collection
-        if stage == "source":
-            f_s = self.backbone(batch.x_source)
-            return StageOutput({"cls": F.cross_entropy(self.classifier(f_s), batch.y_source)}, features=f_s)
-        if stage == "discriminator":
-            with torch.no_grad():  # only D steps here
-                f_s, f_t = self.backbone(batch.x_source), self.backbone(batch.x_target)
-            d_s, d_t = self.discriminator(f_s), self.discriminator(f_t)
-            metrics = {"d_source": torch.sigmoid(d_s).mean().detach(), "d_target": torch.sigmoid(d_t).mean().detach()}
-            return StageOutput({"domain": soft_label_bce(d_s, d_t)}, metrics)
-        if stage == "classifiers":
-            with torch.no_grad():  # only C, C1, C2 step here
-                f_s, f_t = self.backbone(batch.x_source), self.backbone(batch.x_target)
-            y = batch.y_source
-            cls = sum(F.cross_entropy(head(f_s), y) for head in (self.classifier1, self.classifier2, self.classifier))
-            # the official code also forwards C on the target batch here; the output is unused but C's
-            # BatchNorm running statistics (used at evaluation) see that batch, so we keep the forward
-            with torch.no_grad():
-                self.classifier(f_t)
-            p1, p2 = F.softmax(self.classifier1(f_t), dim=1), F.softmax(self.classifier2(f_t), dim=1)
-            return StageOutput({"cls": cls, "neg_discrepancy": -classifier_discrepancy(p1, p2)})
-        if stage == "generator":
-            features, f_s, f_t = self._features(batch)
-            adversarial = -self.adversarial_weight * soft_label_bce(self.discriminator(f_s), self.discriminator(f_t))
-            probs = [F.softmax(head(f_t), dim=1) for head in (self.classifier, self.classifier1, self.classifier2)]
-            losses = {"adversarial": adversarial, "discrepancy": discrepancy_sum(*probs)}
-            return StageOutput(losses, {"T": self.weight.t}, features=features)
-        if stage == "pseudo_label":
-            f_t = self.backbone(batch.x_target)
-            loss, mu = pseudo_label_loss(self.classifier(f_t), self.pseudo_label_weight)
-            return StageOutput({"pseudo_label": loss}, {"mu": mu.detach()}, features=f_t)
-        raise KeyError(stage)
+    def source_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Stage 1: ``cls`` = CE(C(G x_s))."""
+        f_s = self.backbone(batch.x_source)
+        return StageOutput({"cls": F.cross_entropy(self.classifier(f_s), batch.y_source)}, features=f_s)
+
+    def discriminator_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Stage 2: ``domain`` = BCE(D(G x_s), D(G x_t).detach()) on G's features taken without a graph."""
+        with torch.no_grad():  # only D steps here
+            f_s, f_t = self.backbone(batch.x_source), self.backbone(batch.x_target)
+        d_s, d_t = self.discriminator(f_s), self.discriminator(f_t)
+        metrics = {"d_source": torch.sigmoid(d_s).mean().detach(), "d_target": torch.sigmoid(d_t).mean().detach()}
+        return StageOutput({"domain": soft_label_bce(d_s, d_t)}, metrics)
+
+    def classifier_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Stage 3: ``cls`` = CE of C, C1, C2 on source and ``neg_discrepancy`` = −disc(C1, C2) on target."""
+        with torch.no_grad():  # only C, C1, C2 step here
+            f_s, f_t = self.backbone(batch.x_source), self.backbone(batch.x_target)
+        y = batch.y_source
+        cls = sum(F.cross_entropy(head(f_s), y) for head in (self.classifier1, self.classifier2, self.classifier))
+        # the official code also forwards C on the target batch here; the output is unused but C's
+        # BatchNorm running statistics (used at evaluation) see that batch, so we keep the forward
+        with torch.no_grad():
+            self.classifier(f_t)
+        p1, p2 = F.softmax(self.classifier1(f_t), dim=1), F.softmax(self.classifier2(f_t), dim=1)
+        return StageOutput({"cls": cls, "neg_discrepancy": -classifier_discrepancy(p1, p2)})
+
+    def generator_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Stage 4 (harmonized): ``adversarial`` (official ``loss_4``) and ``discrepancy`` (``loss_5``)."""
+        features, f_s, f_t = self._features(batch)
+        adversarial = -self.adversarial_weight * soft_label_bce(self.discriminator(f_s), self.discriminator(f_t))
+        probs = [F.softmax(head(f_t), dim=1) for head in (self.classifier, self.classifier1, self.classifier2)]
+        losses = {"adversarial": adversarial, "discrepancy": discrepancy_sum(*probs)}
+        return StageOutput(losses, {"T": self.weight.t}, features=features)
+
+    def pseudo_label_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Stage 5: ``pseudo_label`` (:func:`pseudo_label_loss` on target)."""
+        f_t = self.backbone(batch.x_target)
+        loss, mu = pseudo_label_loss(self.classifier(f_t), self.pseudo_label_weight)
+        return StageOutput({"pseudo_label": loss}, {"mu": mu.detach()}, features=f_t)
 
     # --------------------------------------------------------- dynamic weight
-    def end_iteration(self, iteration: int) -> dict[str, Tensor | float]:
-        """Collect this iteration's features; at the end of an epoch recompute A_norm, J_norm and T."""
-        if self._last_batch is not None:
-            self._collect(self._last_batch)
-            self._last_batch = None
+    @property
+    def pending_batches(self) -> int:
+        """Batches of the current epoch whose features are kept for the next dynamic-weight update."""
+        return len(self._pending)
+
+    def end_iteration(
+        self, iteration: int, batch: UDABatch, outputs: Mapping[str, StageOutput]
+    ) -> dict[str, Tensor | float]:
+        """Collect the features of this iteration's ``batch`` (when a stage ran on it); at the end of an epoch
+        recompute A_norm, J_norm and T."""
+        if outputs:
+            self._collect(batch)
         metrics: dict[str, Tensor | float] = {}
         if (iteration + 1) % self.iters_per_epoch == 0 and self._pending:
             metrics.update(self._end_epoch())
@@ -310,4 +346,3 @@ class DWL(Baseline):
         self.weight = DynamicWeight(**state["dynamic_weight"])
         pending = state.get("pending")
         self._pending = [] if pending is None else [(*(pending[k] for k in PENDING_KEYS),)]
-        self._last_batch = None

@@ -23,7 +23,7 @@ from uda.models.grl import WarmStartSchedule, grad_reverse
 #: the official ``Myloss`` adds this to the probabilities inside the logarithms of its BCE
 DOMAIN_BCE_EPS = 1e-8
 #: GH's tau multiplies only the Gram scope by default (see :class:`GVB`)
-DEFAULT_TAU_SCOPE = "gram"
+DEFAULT_TAU_APPLIES_TO = "gram_params"
 
 
 def kaiming_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -104,13 +104,13 @@ class GVB(Baseline):
     gvbd_weight·gvbd. As in the official GH code two pairs are harmonized independently, (transfer, cls)
     and (gvbg, gvbd), each with its first loss as loss "1"; the Gram matrix is taken over the base network
     = backbone + ``fc`` + ``gvbg`` (discriminator excluded, ``official_scope``), and the trade-offs
-    multiply after harmonization (``weighted=False``). ``gvbg_weight=0`` (``gvbd_weight=0``) removes
+    multiply after harmonization (``trade_off="after"``). ``gvbg_weight=0`` (``gvbd_weight=0``) removes
     that bridge, its loss and the (gvbg, gvbd) pair; the official code instead keeps computing the bridge
     and adds it with weight 0, and subtracts a bridge only when its weight is exactly 1 (here: whenever
     it is > 0).
 
     tau scope, a deliberate deviation: like CDAN and DANN here, tau multiplies only the Gram scope by
-    default (``tau_scope="gram"``); the discriminator, including its ``gvbd`` head, keeps Σ coef_i g_i.
+    default (``tau_applies_to="gram_params"``); the discriminator, including its ``gvbd`` head, keeps Σ trade_off_i g_i.
     Both losses that reach the base network only through the GRL (transfer; gvbd entirely) have
     gradients there of size ~λ(i), while their gradients in the discriminator are not scaled by λ. GH's
     tau for such a loss, 1 − g1·g2/‖g‖², grows like 1/λ(i), and the official ``all`` multiplies the
@@ -119,9 +119,9 @@ class GVB(Baseline):
     With ``all`` that one step wrecks the discriminator: from iteration 2 it outputs a saturated constant
     (domain accuracy 0.5, transfer loss 9.21 = −log(1e-8)/2: one domain wholly wrong at the ``Myloss``
     ε cap) and mean|gvbd| jumps from 0.17 to 62; over iterations 25-49 the transfer and gvbd losses still
-    average 2.9 and 2.5 (0.66 and 0.13 with ``gram``), and at iteration 300 the transfer loss is 0.80 vs
-    0.62 and the target accuracy 81.1% vs 82.2%. No NaN, thanks to the ε cap. With ``gram`` nothing of
-    the kind happens. ``engine.tau_scope=all`` restores the official behaviour.
+    average 2.9 and 2.5 (0.66 and 0.13 with ``gram_params``), and at iteration 300 the transfer loss is 0.80 vs
+    0.62 and the target accuracy 81.1% vs 82.2%. No NaN, thanks to the ε cap. With ``gram_params`` nothing of
+    the kind happens. ``engine.tau_applies_to=all`` restores the official behaviour.
     """
 
     name = "gvb"
@@ -154,16 +154,23 @@ class GVB(Baseline):
         self.gvbg_weight = float(gvbg_weight)
         self.gvbd_weight = float(gvbd_weight)
 
-        coefs = {"transfer": self.trade_off, "cls": 1.0}
+        trade_offs = {"transfer": self.trade_off, "cls": 1.0}
         if self.gvbg is not None:
-            coefs["gvbg"] = self.gvbg_weight
+            trade_offs["gvbg"] = self.gvbg_weight
         if self.discriminator.gvbd is not None:
-            coefs["gvbd"] = self.gvbd_weight
+            trade_offs["gvbd"] = self.gvbd_weight
         # official GH pairs, loss "1" first; the bridge pair only exists with both bridges on
         harmonize: tuple[tuple[str, ...], ...] = (("transfer", "cls"),)
-        if "gvbg" in coefs and "gvbd" in coefs:
+        if "gvbg" in trade_offs and "gvbd" in trade_offs:
             harmonize += (("gvbg", "gvbd"),)
-        main = Stage("main", coefs=coefs, harmonize=harmonize, weighted=False, tau_scope=DEFAULT_TAU_SCOPE)
+        main = Stage(
+            "main",
+            trade_offs=trade_offs,
+            loss_fn=self.adaptation_losses,
+            harmonize=harmonize,
+            trade_off="after",
+            tau_applies_to=DEFAULT_TAU_APPLIES_TO,
+        )
         self._stages = (main,)
 
     @property
@@ -186,7 +193,8 @@ class GVB(Baseline):
         # the official test also subtracts the bridge (``image_classification_test(..., gvbg=GVBG)``)
         return self.classify(self.backbone(x))[0]
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def adaptation_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``transfer``, ``cls`` and the bridge losses ``gvbg``, ``gvbd`` (those whose bridge is on)."""
         ns = batch.x_source.shape[0]
         features = self.backbone(torch.cat([batch.x_source, batch.x_target]))
         logits, g_bridge = self.classify(features)

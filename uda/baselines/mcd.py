@@ -47,7 +47,7 @@ class MCD(Baseline):
     * B (``maximize``): the same ``cls`` loss and ``neg_discrepancy`` = −discrepancy on target with
       coefficient trade_off (the classifiers maximize the discrepancy); updates F1, F2 only. This is the
       step the official GH code harmonizes: Gram over G (which does not step here), L1 = the
-      classification loss, L2 = −trade_off·discrepancy (trade-off applied *before* harmonization), tau
+      classification loss, L2 = −trade_off·discrepancy (``trade_off="before"`` harmonization), tau
       multiplying F1, F2.
     * C (``minimize``): ``num_k`` times, trade_off·discrepancy on target; updates G only.
 
@@ -78,15 +78,22 @@ class MCD(Baseline):
         self.entropy_weight = float(entropy_weight)
         self.generator_momentum = float(generator_momentum)
         self._stages = (
-            Stage("source", coefs={"cls": 1.0}, optimizer=("g", "f")),
+            Stage("source", trade_offs={"cls": 1.0}, loss_fn=self.source_losses, optimizer=("g", "f")),
             Stage(
                 "maximize",
-                coefs={"cls": 1.0, "neg_discrepancy": self.trade_off},
+                trade_offs={"cls": 1.0, "neg_discrepancy": self.trade_off},
+                loss_fn=self.maximize_losses,
                 harmonize=(("cls", "neg_discrepancy"),),
-                weighted=True,
+                trade_off="before",
                 optimizer="f",
             ),
-            Stage("minimize", coefs={"discrepancy": self.trade_off}, optimizer="g", repeat=int(num_k)),
+            Stage(
+                "minimize",
+                trade_offs={"discrepancy": self.trade_off},
+                loss_fn=self.minimize_losses,
+                optimizer="g",
+                repeat=int(num_k),
+            ),
         )
 
     @property
@@ -113,17 +120,32 @@ class MCD(Baseline):
         balance = class_balance_entropy(p1[ns:]) + class_balance_entropy(p2[ns:])
         return ce + self.entropy_weight * balance
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        # every step forwards source and target together, as tllib does (the heads' BatchNorm sees both)
-        ns = batch.x_source.shape[0]
+    def _forward(self, batch: UDABatch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """G's features of source and target together (as tllib: the heads' BatchNorm sees both), F1 and F2's
+        logits and probabilities."""
         features = self.backbone(torch.cat([batch.x_source, batch.x_target]))
         y1, y2 = self.classifier1(features), self.classifier2(features)
-        p1, p2 = F.softmax(y1, 1), F.softmax(y2, 1)
-        if stage == "minimize":
-            return StageOutput({"discrepancy": classifier_discrepancy(p1[ns:], p2[ns:])}, features=features)
-        losses = {"cls": self._classification(p1, p2, y1, y2, batch.y_source, ns)}
-        if stage == "maximize":  # the classifiers maximize the discrepancy: minimize its negative
-            losses["neg_discrepancy"] = -classifier_discrepancy(p1[ns:], p2[ns:])
-        elif stage != "source":
-            raise KeyError(stage)
+        return features, y1, y2, F.softmax(y1, 1), F.softmax(y2, 1)
+
+    def source_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Step A: ``cls`` = CE of F1 and F2 on source + entropy_weight·class balance on target."""
+        ns = batch.x_source.shape[0]
+        features, y1, y2, p1, p2 = self._forward(batch)
+        return StageOutput({"cls": self._classification(p1, p2, y1, y2, batch.y_source, ns)}, features=features)
+
+    def maximize_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Step B: ``cls`` and ``neg_discrepancy`` (the classifiers maximize the discrepancy: minimize its
+        negative)."""
+        ns = batch.x_source.shape[0]
+        features, y1, y2, p1, p2 = self._forward(batch)
+        losses = {
+            "cls": self._classification(p1, p2, y1, y2, batch.y_source, ns),
+            "neg_discrepancy": -classifier_discrepancy(p1[ns:], p2[ns:]),
+        }
         return StageOutput(losses, features=features)
+
+    def minimize_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """Step C: ``discrepancy`` of F1 and F2 on target (G minimizes it)."""
+        ns = batch.x_source.shape[0]
+        features, _, _, p1, p2 = self._forward(batch)
+        return StageOutput({"discrepancy": classifier_discrepancy(p1[ns:], p2[ns:])}, features=features)

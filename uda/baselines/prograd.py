@@ -80,9 +80,12 @@ class ProGradCoOp(CoOp):
         self.temperature = float(temperature)
         self.teacher = ZeroShotHead(self.backbone, self.class_names, template)
         # loss "1" = cls (projected), loss "2" = kl (the anchor): the prograd harmonizer's roles
-        self._stages = (Stage("main", coefs={"cls": 1.0, "kl": 1.0}, harmonize=(("cls", "kl"),)),)
+        self._stages = (
+            Stage("main", trade_offs={"cls": 1.0, "kl": 1.0}, loss_fn=self.prompt_losses, harmonize=(("cls", "kl"),)),
+        )
 
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
+    def prompt_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``cls`` (source CE) and ``kl`` (distillation from the zero-shot teacher)."""
         features = self.image_features(batch.x_source)
         student = self.logits(features)
         with torch.no_grad():

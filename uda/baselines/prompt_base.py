@@ -7,9 +7,9 @@
   to baselines that ask for them), made readable (``Alarm_Clock`` -> ``alarm clock``); ``class_names`` in the
   config replaces them, one per class in label order.
 * Scopes. ``official_scope`` names the shared prompt by module path (``prompt.shared``): the Gram scope of
-  ``engine.scope=official`` and of ``engine.scope=shared`` (the trainable parameters every loss reaches; the
+  ``engine.gram_scope=official`` and of ``engine.gram_scope=shared`` (the trainable parameters every loss reaches; the
   frozen features have none). ``shared_scope`` is the module whose output every loss reads, the per-image
-  features ``image_encoder`` (what feature analyses hook). ``engine.scope=backbone`` is refused: the towers
+  features ``image_encoder`` (what feature analyses hook). ``engine.gram_scope=backbone`` is refused: the towers
   are frozen, so their Gram matrix would be empty.
 * ``cache_image_features=true`` keeps the frozen tower's features per image
   (:class:`~uda.models.feature_cache.ImageFeatureCache`); it pays off without augmentation.
@@ -103,8 +103,8 @@ class PromptBaseline(Baseline):
     def scope_parameters(self, scope: str, stage: str | None = None) -> list[nn.Parameter]:
         if scope == "backbone":
             raise ConfigError(
-                f"engine.scope=backbone is empty for {self.name}: the CLIP towers are frozen; use engine.scope="
-                "official (the shared prompt) or shared"
+                f"engine.gram_scope=backbone is empty for {self.name}: the CLIP towers are frozen; use "
+                "engine.gram_scope=official (the shared prompt) or shared"
             )
         if scope not in GRAM_SCOPES:
             raise ValueError(f"unknown Gram scope {scope!r}; choose one of {', '.join(GRAM_SCOPES)}")

@@ -11,7 +11,7 @@ when the target predictions collapse.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -137,13 +137,13 @@ class SSRT(Baseline):
     Losses: ``cls`` = source CE (loss "1") and ``align`` = domain_weight·domain + sr_weight·r(i)·SR
     (loss "2"), where domain = 2·BCE of the discriminator on the 2B clean rows and SR the masked KL
     between clean and perturbed target predictions. As in the official GH code the weights sit inside
-    the losses before harmonization (``Stage.weighted=True``; the cls coefficient is
+    the losses before harmonization (``Stage.trade_off="before"``; the cls trade-off is
     ``cls_weight``), the Gram matrix is over the ViT only (``official_scope=("backbone",)``) and tau
-    multiplies every gradient (``tau_scope="all"``). The parts of ``align`` are logged as
-    ``train/domain_loss`` and ``train/sr_loss``. Caveat of the official ``tau_scope="all"``, as for CDAN:
+    multiplies every gradient (``tau_applies_to="all"``). The parts of ``align`` are logged as
+    ``train/domain_loss`` and ``train/sr_loss``. Caveat of the official ``tau_applies_to="all"``, as for CDAN:
     GH's tau2 = 1 − c/‖g2‖² grows like 1/λ(i) while the GRL coefficient is small (tau2 = 415 at
     iteration 2 on the offline digits) and multiplies the discriminator's gradient, which λ does not
-    scale; ``engine.tau_scope=gram`` leaves the heads outside the Gram scope with their plain gradients.
+    scale; ``engine.tau_applies_to=gram_params`` leaves the heads outside the Gram scope with their plain gradients.
 
     Training forwards source and target together; the perturbed target rows are appended at the input
     of a block drawn uniformly from ``sr_layers`` (−1 = raw images), so the heads see 3B rows (the
@@ -217,13 +217,13 @@ class SSRT(Baseline):
         self.safe = SafeTraining(safe_period, safe_levels, safe_append_last_subintervals) if use_safe else None
         seed = int(torch.randint(2**62, ()).item()) if rng_seed is None else int(rng_seed)
         self.rng = torch.Generator().manual_seed(seed)
-        self._diversity: Tensor | None = None
         self._stages = (
             Stage(
                 "main",
-                coefs={"cls": self.cls_weight, "align": 1.0},
+                trade_offs={"cls": self.cls_weight, "align": 1.0},
+                loss_fn=self.adaptation_losses,
                 harmonize=(("cls", "align"),),
-                weighted=True,
+                trade_off="before",
             ),
         )
 
@@ -252,9 +252,9 @@ class SSRT(Baseline):
         return self.classifier(self.bottleneck(self.backbone(x)))
 
     # ---------------------------------------------------------------- training
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        if stage != "main":
-            raise KeyError(stage)
+    def adaptation_losses(self, batch: UDABatch, iteration: int) -> StageOutput:
+        """``cls`` (source CE) and ``align`` (domain loss + ramped self-refinement loss); the metric ``diversity``
+        (distinct classes predicted on the clean target rows) feeds safe training in :meth:`end_iteration`."""
         ns = batch.x_source.shape[0]
         x = torch.cat([batch.x_source, batch.x_target])
         n = x.shape[0]
@@ -279,14 +279,14 @@ class SSRT(Baseline):
         align = self.domain_weight * domain + sr_weight * sr
         # number of distinct classes predicted on the clean target rows, kept as a tensor (no host sync)
         predicted = F.one_hot(target_logits.detach().argmax(1), self.num_classes)
-        self._diversity = (predicted.sum(0) > 0).sum().float()
+        diversity = (predicted.sum(0) > 0).sum().float()
         metrics: dict[str, Tensor | float] = {
             "domain_loss": domain.detach(),
             "sr_loss": sr.detach(),
             "sr_ramp": r,
             "sr_alpha": self.sr_alpha * r,
             "sr_weight": sr_weight,
-            "diversity": self._diversity,
+            "diversity": diversity,
             "grl_coeff": coeff,
             "domain_acc": discriminator_accuracy(d_logits, labels),
         }
@@ -299,11 +299,14 @@ class SSRT(Baseline):
             return {}
         return {"safe_restored": float(self.safe.begin(iteration, self))}
 
-    def end_iteration(self, iteration: int) -> dict[str, Tensor | float]:
-        if self.safe is None or self._diversity is None:
+    def end_iteration(
+        self, iteration: int, batch: UDABatch, outputs: Mapping[str, StageOutput]
+    ) -> dict[str, Tensor | float]:
+        """Record the iteration's prediction diversity (``outputs["main"]``); at a check iteration decide on a
+        restore."""
+        if self.safe is None or "main" not in outputs:
             return {}
-        self.safe.record(self._diversity)
-        self._diversity = None
+        self.safe.record(outputs["main"].metrics["diversity"])
         if not self.safe.is_check_iteration(iteration):
             return {}
         scheduled = self.safe.check(iteration, reduce=_mean_over_ranks)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from uda.baselines.base import Stage, StageOutput, UDABatch
+from uda.baselines.base import Stage
 from uda.baselines.prompt_base import PromptBaseline
 from uda.models.prompt import ZeroShotHead
 
@@ -43,6 +43,3 @@ class ZeroShotCLIP(PromptBaseline):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.zeroshot(self.image_features(x), self.backbone.logit_scale)
-
-    def compute_losses(self, stage: str, batch: UDABatch, iteration: int) -> StageOutput:
-        raise KeyError(f"{self.name} has no training stage (asked for {stage!r})")

@@ -265,7 +265,7 @@ class FeatureAnalysis(Callback):
             baseline=pl_module.baseline.name,
             settings={},
             seed=None,
-            accuracy=[(int(r["iteration"]), float(r["target/acc"])) for r in pl_module.history],
+            accuracy=[(int(r["iteration"]), float(r["target/acc"])) for r in pl_module.record.history],
             balance={k: list(v) for k, v in self.curves.items()},
             confusion=self._last_confusion.numpy(),
             class_names=list(getattr(dm, "class_names", ()) or []) or None,

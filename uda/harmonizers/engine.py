@@ -32,6 +32,8 @@ from uda.harmonizers.base import Harmonizer
 #: relative tolerance when deciding that the update conflicts with a loss after harmonization
 #: (GH makes d·g_i = ‖g_i‖² sin²θ, which rounding can push a hair below zero when θ ≈ π)
 CONFLICT_RTOL = 1e-5
+#: which gradients tau multiplies: every parameter's (``all``, official) or only the Gram scope's
+TAU_APPLIES_TO = ("all", "gram_params")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class GradStats:
         gram: ``(m, m)`` Gram matrix of the raw per-loss gradients over the Gram scope (before the
             trade-off coefficients and before harmonization).
         tau: ``(m,)`` harmonizer weights (1 for losses outside every harmonized group).
-        coefs: ``(m,)`` trade-off coefficients of the losses.
+        trade_offs: ``(m,)`` trade-off coefficients of the losses.
         groups: index tuples of the losses harmonized together (the first index is loss "1").
         pair_coefs: ``(m, m)`` harmonized-gradient coefficients A (ĝ_i = Σ_j A_ij g'_j, with g' = g, or
             coef·g when ``weighted``); identity outside the groups.
@@ -52,7 +54,7 @@ class GradStats:
 
     gram: Tensor
     tau: Tensor
-    coefs: Tensor
+    trade_offs: Tensor
     groups: tuple[tuple[int, ...], ...]
     pair_coefs: Tensor
     weighted: bool = False
@@ -75,7 +77,7 @@ class GradStats:
     @property
     def update_weights(self) -> Tensor:
         """w_i = coef_i · tau_i: the update is d = Σ_i w_i g_i over the Gram scope."""
-        return self.coefs * self.tau
+        return self.trade_offs * self.tau
 
     @property
     def update_dots(self) -> Tensor:
@@ -107,12 +109,12 @@ class GradStats:
     @property
     def pair_gram(self) -> Tensor:
         """Inner products of the harmonized gradients, A K' Aᵀ (the paper's Fig. 12 "after")."""
-        k = self.gram * torch.outer(self.coefs, self.coefs) if self.weighted else self.gram
+        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.weighted else self.gram
         return self.pair_coefs @ k @ self.pair_coefs.T
 
     def pair_conflict_after(self, i: int = 0, j: int = 1) -> Tensor:
         """1.0 when the harmonized pair ĝ_i, ĝ_j still meets at an obtuse angle (rounding tolerated)."""
-        k = self.gram * torch.outer(self.coefs, self.coefs) if self.weighted else self.gram
+        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.weighted else self.gram
         a = self.pair_coefs
         tol = CONFLICT_RTOL * (a.abs() @ k.abs() @ a.abs().T)[i, j]
         return (self.pair_gram[i, j] < -tol).to(self.gram.dtype)
@@ -139,8 +141,8 @@ def default_groups(num_losses: int, harmonizer: Harmonizer) -> tuple[tuple[int, 
     )
 
 
-def _coef_tensor(coefs: Sequence[float] | Tensor | None, m: int, like: Tensor) -> Tensor:
-    coef_t = torch.as_tensor(1.0 if coefs is None else coefs, dtype=like.dtype, device=like.device)
+def _coef_tensor(trade_offs: Sequence[float] | Tensor | None, m: int, like: Tensor) -> Tensor:
+    coef_t = torch.as_tensor(1.0 if trade_offs is None else trade_offs, dtype=like.dtype, device=like.device)
     coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t.to(like.dtype)
     if coef_t.shape != (m,):
         raise ValueError(f"expected {m} coefficients, got {tuple(coef_t.shape)}")
@@ -172,7 +174,7 @@ def gram_matrix(flat: Tensor) -> Tensor:
 def harmonize_groups(
     gram: Tensor,
     harmonizer: Harmonizer | Sequence[Harmonizer],
-    coefs: Tensor,
+    trade_offs: Tensor,
     groups: Sequence[Sequence[int]] | None,
     weighted: bool,
     losses: Tensor | None = None,
@@ -196,7 +198,7 @@ def harmonize_groups(
         seen |= set(group)
         idx = torch.tensor(group, device=gram.device)
         sub = gram.index_select(0, idx).index_select(1, idx)
-        c = coefs.index_select(0, idx) if weighted else None
+        c = trade_offs.index_select(0, idx) if weighted else None
         if c is not None:
             sub = sub * torch.outer(c, c)
         if group_harmonizer.needs_losses:
@@ -265,11 +267,11 @@ def harmonized_backward(
     params: Iterable[Tensor],
     harmonizer: Harmonizer | Sequence[Harmonizer],
     *,
-    coefs: Sequence[float] | Tensor | None = None,
+    trade_offs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
     gram_params: Iterable[Tensor] | None = None,
     weighted: bool = False,
-    tau_scope: str = "all",
+    tau_applies_to: str = "all",
     reduce: Callable[[Tensor], Tensor] | None = None,
     retain_graph: bool = False,
     batched: bool = False,
@@ -281,7 +283,7 @@ def harmonized_backward(
         losses: scalar losses L_1..L_m, each reachable from (some of) ``params``.
         params: the parameters the optimizer will step; their ``.grad`` receives the update.
         harmonizer: maps the Gram matrix to weights tau; one instance, or one per group in ``groups``.
-        coefs: trade-off coefficients (default 1). The update is Σ_i coef_i tau_i g_i.
+        trade_offs: trade-off coefficients (default 1). The update is Σ_i coef_i tau_i g_i.
         groups: which losses are harmonized together, as index tuples whose first index is loss "1"
             (GH++ favours it). Losses outside every group keep tau = 1. Default: all losses, one group.
         gram_params: the Gram scope (default: all ``params``). It may contain parameters outside
@@ -289,7 +291,7 @@ def harmonized_backward(
         weighted: if True the harmonizer sees the Gram matrix of the *weighted* gradients coef_i g_i
             (the trade-off is applied before harmonization, which keeps GH's non-conflict guarantee);
             if False (official CDAN/GVB/DWL) it sees the raw gradients and coef_i multiplies afterwards.
-        tau_scope: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram"``
+        tau_applies_to: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram_params"``
             (tau only on the Gram scope; parameters outside it, e.g. a discriminator, get Σ coef_i g_i).
         reduce: optional reduction of the flat ``(m, P)`` gradient buffer before the Gram matrix is
             formed (an all-reduce mean under DDP, so every rank computes the same tau); also applied to the
@@ -310,8 +312,8 @@ def harmonized_backward(
     m = len(losses)
     if m == 0:
         raise ValueError("harmonized_backward needs at least one loss")
-    if tau_scope not in ("all", "gram"):
-        raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
+    if tau_applies_to not in TAU_APPLIES_TO:
+        raise ValueError(f"tau_applies_to must be 'all' or 'gram_params', got {tau_applies_to!r}")
     device, dtype = params[0].device, params[0].dtype
     values = loss_values(losses, harmonizer)  # taken before anything rescales the losses
 
@@ -339,7 +341,7 @@ def harmonized_backward(
         if loss_scale is not None:
             gram = gram / torch.as_tensor(loss_scale, dtype=gram.dtype, device=gram.device) ** 2
 
-        coef_t = _coef_tensor(coefs, m, flat)
+        coef_t = _coef_tensor(trade_offs, m, flat)
         tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
 
         # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
@@ -349,7 +351,7 @@ def harmonized_backward(
         if n_updated_scope:
             torch.mv(flat[:, :n_updated_scope].T, w_all, out=update[:n_updated_scope])
         if n_outside:
-            w_rest = w_all if tau_scope == "all" else coef_t
+            w_rest = w_all if tau_applies_to == "all" else coef_t
             torch.mv(flat[:, n_scope:].T, w_rest, out=update[n_updated_scope:])
         del flat
 
@@ -365,7 +367,7 @@ def harmonized_backward(
     return GradStats(
         gram=gram.detach(),
         tau=tau.detach(),
-        coefs=coef_t,
+        trade_offs=coef_t,
         groups=group_idx,
         pair_coefs=pair.detach(),
         weighted=weighted,
@@ -377,10 +379,10 @@ def feature_space_backward(
     features: Tensor,
     harmonizer: Harmonizer | Sequence[Harmonizer],
     *,
-    coefs: Sequence[float] | Tensor | None = None,
+    trade_offs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
     weighted: bool = False,
-    tau_scope: str = "all",
+    tau_applies_to: str = "all",
     reduce_gram: Callable[[Tensor], Tensor] | None = None,
     reduce_losses: Callable[[Tensor], Tensor] | None = None,  # DDP: mean of the loss values (FAMO, DB-MTL)
     backward: Callable[[Tensor], None] | None = None,
@@ -391,7 +393,7 @@ def feature_space_backward(
     The per-loss gradients dL_i/dz only traverse the heads above the features z, so they are cheap;
     then a single ordinary backward fills every ``.grad`` (``backward`` defaults to
     ``Tensor.backward``; Lightning passes ``manual_backward``, which keeps DDP's reducer in charge).
-    With ``tau_scope="all"`` that backward is of Σ_i coef_i tau_i L_i; with ``"gram"`` it is of the plain
+    With ``tau_applies_to="all"`` that backward is of Σ_i coef_i tau_i L_i; with ``"gram_params"`` it is of the plain
     Σ_i coef_i L_i while a hook on z replaces the gradient entering the feature extractor by
     Σ_i coef_i tau_i dL_i/dz, so only the parameters below z are reweighted. The angle is the
     feature-space angle, not the parameter-space one of the paper. Under DDP, ``reduce_gram`` combines
@@ -413,8 +415,8 @@ def feature_space_backward(
         else:
             gz = torch.zeros_like(features)
         rows.append(gz.reshape(-1))
-    if tau_scope not in ("all", "gram"):
-        raise ValueError(f"tau_scope must be 'all' or 'gram', got {tau_scope!r}")
+    if tau_applies_to not in TAU_APPLIES_TO:
+        raise ValueError(f"tau_applies_to must be 'all' or 'gram_params', got {tau_applies_to!r}")
     # features under autocast are bf16/fp16: the geometry is computed in float32 outside autocast
     flat = torch.stack(rows)
     with torch.autocast(device_type=flat.device.type, enabled=False):
@@ -425,9 +427,9 @@ def feature_space_backward(
             gram = reduce_gram(gram)
         if reduce_losses is not None and values is not None:
             values = reduce_losses(values)
-        coef_t = _coef_tensor(coefs, m, flat)
+        coef_t = _coef_tensor(trade_offs, m, flat)
         tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
-        weighted_gz = None if tau_scope == "all" else ((coef_t * tau) @ flat).view_as(features)
+        weighted_gz = None if tau_applies_to == "all" else ((coef_t * tau) @ flat).view_as(features)
     if weighted_gz is None:
         total = sum(w * loss for w, loss in zip(coef_t * tau, losses, strict=True))
         (backward or Tensor.backward)(total)
@@ -440,7 +442,7 @@ def feature_space_backward(
     return GradStats(
         gram=gram.detach(),
         tau=tau.detach(),
-        coefs=coef_t,
+        trade_offs=coef_t,
         groups=group_idx,
         pair_coefs=pair.detach(),
         weighted=weighted,
@@ -453,7 +455,7 @@ def three_pass_backward(
     params: Iterable[Tensor],
     harmonizer: Harmonizer,
     *,
-    coefs: Sequence[float] | None = None,
+    trade_offs: Sequence[float] | None = None,
     gram_params: Iterable[Tensor] | None = None,
 ) -> Tensor:
     """The official GH procedure, kept as a reference for tests and benchmarks.
@@ -465,7 +467,7 @@ def three_pass_backward(
     params = _as_param_list(params)
     scope = params if gram_params is None else _as_param_list(gram_params)
     touched = _as_param_list([*params, *scope])
-    coefs = [1.0] * len(losses) if coefs is None else list(coefs)
+    trade_offs = [1.0] * len(losses) if trade_offs is None else list(trade_offs)
     rows = []
     for loss in losses:
         for p in touched:
@@ -476,6 +478,6 @@ def three_pass_backward(
     tau = harmonizer.weights(gram_matrix(flat))
     for p in touched:
         p.grad = None
-    total = sum(c * t * loss for c, t, loss in zip(coefs, tau, losses, strict=True))
+    total = sum(c * t * loss for c, t, loss in zip(trade_offs, tau, losses, strict=True))
     total.backward()
     return tau
