@@ -52,7 +52,7 @@ class DAPL(PromptBaseline):
 
     Harmonization: the two losses form a harmonized group over the shared prompt (the Gram scope: the only
     parameters both reach; each domain context gets one loss only). Loss "1" is ``target``, the adaptation
-    loss, as the alignment loss is for CDAN+E (``engine.upweight=source`` swaps them). tau multiplies the
+    loss, as the alignment loss is for CDAN+E (``engine.first_loss=source`` swaps them). tau multiplies the
     shared prompt only (``tau_applies_to="gram_params"``): a domain prompt keeps its own loss's gradient. With
     ``harmonizer=none`` the update is the official one.
     """

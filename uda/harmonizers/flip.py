@@ -25,7 +25,7 @@ class SignFlip(Harmonizer):
     baseline). The paper writes L1 = alignment and L2 = classification; that is the official order of
     DANN, CDAN+E, GVB-GD and DWL, so there ``negate=1`` is "−g1 & g2" (``harmonizer=flip_align``) and
     ``negate=2`` is "g1 & −g2" (``harmonizer=flip_cls``). MCD and SSRT put classification first: add
-    ``engine.upweight=<alignment loss>`` (``neg_discrepancy`` for MCD, ``align`` for SSRT) so that the
+    ``engine.first_loss=<alignment loss>`` (``neg_discrepancy`` for MCD, ``align`` for SSRT) so that the
     names hold. Logs name the instance after its config (``flip_align`` / ``flip_cls``).
     """
 

@@ -23,7 +23,7 @@ class ProGrad(Harmonizer):
       optimized and only loss 1 yields, a one-sided GH.
 
     With the official loss order of CDAN/GVB/DWL (alignment first) the alignment gradient yields to the
-    classification gradient; ``engine.upweight`` can swap the roles.
+    classification gradient; ``engine.first_loss`` can swap the roles.
     """
 
     name = "prograd"
