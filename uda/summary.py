@@ -45,8 +45,8 @@ class RunSummary:
         harmonizer_params: its hyper-parameters (:meth:`uda.harmonizers.Harmonizer.hyperparameters`).
         harmonizer_noop: why the harmonizer changed nothing in this run, or "" when it acted.
         plan: the resolved plan of every stage (:meth:`uda.training.StagePlan.describe`), in stage order.
-        engine: the engine options as resolved values (``engine.*``; options a plan resolves per stage are
-            read from ``plan``).
+        engine: the engine options no stage plan carries (``clip_grad_norm``, ``monitor_every``,
+            ``batched_grads``); the others are recorded resolved, per stage, in ``plan``.
         results: accuracies under each model selection (:data:`uda.record.SELECTIONS`), conflict rates,
             seconds per iteration, skipped steps, the iteration count.
         experiment, recipe: the experiment preset and the recipe applied (None when none was).

@@ -22,7 +22,7 @@ from uda.loggers import build_loggers, finish_wandb
 from uda.models.input_check import check_backbone_takes
 from uda.module import EngineOptions, UDAModule
 from uda.provenance import provenance
-from uda.summary import format_summary, write_summary
+from uda.summary import RunSummary, format_summary
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ def harmonizer_params(harmonizer: object) -> dict[str, Any]:
     )
 
 
-def harmonizer_noop_note(baseline: Any, module: UDAModule) -> str:
+def harmonizer_noop_reason(baseline: Any, module: UDAModule) -> str:
     """Why the harmonizer did nothing in this run, for the summary ("" when it acted)."""
     if module.harmonizes:
         return ""
     if not baseline.stages:
-        return " (no-op: evaluation only, nothing is trained)"
-    return " (no-op: no stage of the baseline has two losses to harmonize)"
+        return "evaluation only, nothing is trained"
+    return "no stage of the baseline has two losses to harmonize"
 
 
 def pinned_device(job_num: int, device_count: int) -> int:
@@ -120,7 +120,7 @@ def dataset_facts(baseline_node: Any, datamodule: Any) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if k in accepted}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> RunSummary:
     """Train and evaluate once; return the summary (also written to ``<output_dir>/summary.json``)."""
     validate(cfg)
     quiet_lightning()
@@ -178,34 +178,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:  # an evaluation-only baseline (zeroshot_clip): nothing to train, one evaluation
         trainer.validate(module, datamodule=datamodule)
 
-    summary = {
-        "dataset": choices.get("dataset", datamodule.name),
-        "task": datamodule.task,
-        "source": datamodule.source,
-        "target": datamodule.target,
-        "baseline": baseline.name,
-        "harmonizer": repr(harmonizer) + harmonizer_noop_note(baseline, module),
-        "harmonizer_name": choices.get("harmonizer", harmonizer.name),
-        "harmonizer_params": harmonizer_params(harmonizer),
-        "experiment": choices.get("experiment"),
+    results = module.results()
+    plans = tuple({"name": name, **plan.describe()} for name, plan in module.plans.items())
+    # the options a stage plan resolves (null = the baseline's official choice) are recorded there, resolved;
+    # first_loss shows as the order of each harmonized group
+    in_plans = {key for plan in plans for key in plan} | {"first_loss"}
+    engine = {k: v for k, v in results.pop("engine", {}).items() if k not in in_plans}
+    summary = RunSummary(
+        dataset=choices.get("dataset", datamodule.name),
+        task=datamodule.task,
+        source=datamodule.source,
+        target=datamodule.target,
+        baseline=baseline.name,
+        seed=int(cfg.seed),
+        harmonizer_name=choices.get("harmonizer", harmonizer.name),
+        harmonizer_params=harmonizer_params(harmonizer),
+        harmonizer_noop=harmonizer_noop_reason(baseline, module),
+        plan=plans,
+        engine=engine,
+        results={**results, "source_val_split": datamodule.source_eval_split},
+        experiment=choices.get("experiment"),
+        recipe=cfg.get("applied_recipe"),
         # e.g. "not a result: CLIP tiny is randomly initialized ..." (uda.models.clip)
-        "note": getattr(backbone, "note", None),
-        "seed": int(cfg.seed),
-        **module.results(),
-        "model_selection": {
-            "last": "target_acc_last",
-            "best_target (oracle)": "target_acc_best",
-            "source_val": "target_acc_source_val",
-            "source_val_measured_on": datamodule.source_eval_split,
-        },
-        **provenance(),
-        "output_dir": str(_output_dir(cfg)),
-    }
+        note=getattr(backbone, "note", None),
+        provenance=provenance(),
+        output_dir=str(_output_dir(cfg)),
+    )
     if trainer.is_global_zero:
-        write_summary(summary, _output_dir(cfg))
+        summary.write(_output_dir(cfg))
         for lg in trainer.loggers:
             if lg.__class__.__name__ == "WandbLogger":
-                lg.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+                lg.experiment.config.update(summary.wandb_config(), allow_val_change=True)
+                lg.experiment.summary.update(summary.wandb_summary())
     return summary
 
 
@@ -251,5 +255,4 @@ def main(cfg: DictConfig) -> float | None:
         finish_wandb(exit_code)
     if rank_zero_only.rank == 0:  # under DDP every rank returns the summary; one prints it
         print(format_summary(summary), flush=True)
-    value = summary.get(cfg.get("optimized_metric", "target_acc_last"))
-    return None if value is None else float(value)
+    return summary.metric(cfg.get("optimized_metric", "target_acc_last"))

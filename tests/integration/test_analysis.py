@@ -64,7 +64,7 @@ class ImageSink(Logger):
 def train(tmp_path: Path, name: str, *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
     out = tmp_path / name
     capture = [f"+callbacks.final._target_={__name__}.FinalState", f"+callbacks.final.path={out / 'final.pt'}"]
-    summary = run(compose_train([*QUICK, "baseline=cdan", *capture, *extra], out))
+    summary = run(compose_train([*QUICK, "baseline=cdan", *capture, *extra], out)).to_dict()
     return summary, torch.load(out / "final.pt", weights_only=False)
 
 

@@ -61,7 +61,7 @@ def test_headline_command_trains_the_recipe_on_an_office_shaped_tree(
         *extra,
     )
     assert cfg.applied_recipe == f"officehome_{baseline}"
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
     assert summary["dataset"] == "officehome" and summary["task"] == "Art→Clipart"
     assert summary["iterations"] == 2 and summary["monitored_steps"] >= 1
     assert 0.0 <= summary["target_acc_last"] <= 1.0

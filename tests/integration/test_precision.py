@@ -125,6 +125,6 @@ def test_bf16_mixed_trains_with_the_default_callbacks(train_cfg, tmp_path) -> No
     from uda.train import run
 
     cfg = train_cfg("trainer.precision=bf16-mixed", *QUICK)
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
     assert summary["iterations"] == 4 and summary["monitored_steps"] == 4
     assert (tmp_path / "diagnostics" / "final.png").is_file()

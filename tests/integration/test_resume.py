@@ -69,7 +69,7 @@ def harmonizer_tensors(checkpoint: dict) -> list[tuple[str, torch.Tensor]]:
 
 
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
-    straight = run(compose_train([*RUN], tmp_path / "straight"))
+    straight = run(compose_train([*RUN], tmp_path / "straight")).to_dict()
 
     crash = "+callbacks.crash._target_=tests.integration.test_resume.CrashAt"
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -77,7 +77,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path: Path
     interrupted = final_state(tmp_path / "resumed")
     assert interrupted["uda"]["iteration"] == 2  # the last evaluation before the crash
 
-    resumed = run(compose_train([*RUN, "ckpt_path=last"], tmp_path / "resumed"))
+    resumed = run(compose_train([*RUN, "ckpt_path=last"], tmp_path / "resumed")).to_dict()
 
     for key in ("target_acc_last", "target_acc_best", "source_acc_last", "conflict_rate", "conflict_rate_after"):
         assert resumed[key] == straight[key], key
@@ -102,7 +102,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path: Path
 
 
 def test_ckpt_path_last_without_checkpoint_starts_from_scratch_and_a_bad_path_is_one_sentence(tmp_path) -> None:
-    summary = run(compose_train(["iterations=2", "eval_every=2", *RUN[2:], "ckpt_path=last"], tmp_path / "fresh"))
+    summary = run(
+        compose_train(["iterations=2", "eval_every=2", *RUN[2:], "ckpt_path=last"], tmp_path / "fresh")
+    ).to_dict()
     assert summary["iterations"] == 2
     with pytest.raises(ConfigError, match="does not exist"):
         run(compose_train([*RUN, "ckpt_path=/nowhere/last.ckpt"], tmp_path / "bad"))

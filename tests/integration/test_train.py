@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import QUICK
@@ -56,11 +57,18 @@ def test_every_baseline_and_harmonizer_trains(train_cfg, tmp_path, baseline: str
     # a GRL that warms up within the 4 iterations, so the alignment gradient conflicts on some step
     grl = () if baseline == "source_only" else ("baseline.grl.max_iter=40",)
     cfg = train_cfg(f"baseline={baseline}", f"harmonizer={harmonizer}", *grl, *QUICK)
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
 
     assert summary["iterations"] == 4
     assert summary["baseline"] == baseline
-    assert json.loads((tmp_path / "summary.json").read_text())["task"] == "mnist→uci"
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["task"] == "mnist→uci"
+    # the engine options are left at null in the config: summary.json records what they resolved to
+    assert OmegaConf.select(cfg, "engine.tau_applies_to") is None and OmegaConf.select(cfg, "engine.trade_off") is None
+    official = {"source_only": ("after", "all"), "cdan": ("after", "gram_params"), "mcd": ("before", "all")}
+    if baseline in official:
+        stage = written["plan"][0] if baseline != "mcd" else next(p for p in written["plan"] if p["name"] == "maximize")
+        assert (stage["trade_off"], stage["tau_applies_to"]) == official[baseline]
 
     rows = read_metrics(tmp_path)
     train_rows = [r for r in rows if r.get("train/cls_loss")]
@@ -96,7 +104,9 @@ def test_every_baseline_and_harmonizer_trains(train_cfg, tmp_path, baseline: str
 
 def test_grl_coefficient_and_learning_rate_follow_the_iteration_counter(train_cfg, tmp_path) -> None:
     schedule_overrides = ("optimizer.lr=0.02", "scheduler.gamma=0.1", "scheduler.power=0.5")
-    summary = run(train_cfg("baseline=cdan", "harmonizer=gh", "baseline.grl.max_iter=40", *schedule_overrides, *QUICK))
+    summary = run(
+        train_cfg("baseline=cdan", "harmonizer=gh", "baseline.grl.max_iter=40", *schedule_overrides, *QUICK)
+    ).to_dict()
     metrics = read_metrics(tmp_path)
     rows = [r for r in metrics if r.get("train/grl_coeff")]
     schedule = WarmStartSchedule(max_iter=40)
@@ -151,11 +161,11 @@ def test_divergence_stops_with_one_sentence_and_no_summary(train_cfg, tmp_path) 
 
 
 def test_same_seed_gives_the_same_run(train_cfg, tmp_path) -> None:
-    first = run(train_cfg("harmonizer=gh", "seed=3", *QUICK))
+    first = run(train_cfg("harmonizer=gh", "seed=3", *QUICK)).to_dict()
     first_rows = read_metrics(tmp_path)
-    second = run(train_cfg("harmonizer=gh", "seed=3", *QUICK))
+    second = run(train_cfg("harmonizer=gh", "seed=3", *QUICK)).to_dict()
     assert second["target_acc_last"] == first["target_acc_last"]
     assert read_metrics(tmp_path)[-2]["train/cls_loss"] == first_rows[-2]["train/cls_loss"]
-    other = run(train_cfg("harmonizer=gh", "seed=4", *QUICK))
+    other = run(train_cfg("harmonizer=gh", "seed=4", *QUICK)).to_dict()
     assert read_metrics(tmp_path)[-2]["train/cls_loss"] != first_rows[-2]["train/cls_loss"]
     assert other["iterations"] == 4

@@ -32,7 +32,7 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
 def test_dwl_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
     cfg = train_cfg(*DWL_QUICK, f"harmonizer={harmonizer}", *QUICK)
     assert cfg.optimizer.momentum == 0.9 and cfg.scheduler is None  # the baseline selected `optim: sgd`
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
 
     assert summary["iterations"] == 4 and summary["baseline"] == "dwl"
     assert 0.0 <= summary["target_acc_last"] <= summary["target_acc_best"] <= 1.0
@@ -81,11 +81,11 @@ def test_interrupted_dwl_run_resumes_with_the_same_dynamic_weight(tmp_path: Path
         "trainer.enable_model_summary=false",
         "dataset.eval_batch_size=1000",
     )
-    straight = run(compose_train([*dwl_run], tmp_path / "straight"))
+    straight = run(compose_train([*dwl_run], tmp_path / "straight")).to_dict()
     crash = "+callbacks.crash._target_=tests.integration.test_resume.CrashAt"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(compose_train([*dwl_run, crash, "+callbacks.crash.iteration=3"], tmp_path / "resumed"))
-    resumed = run(compose_train([*dwl_run, "ckpt_path=last"], tmp_path / "resumed"))
+    resumed = run(compose_train([*dwl_run, "ckpt_path=last"], tmp_path / "resumed")).to_dict()
 
     assert resumed["target_acc_last"] == straight["target_acc_last"]
     a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False) for d in ("straight", "resumed"))

@@ -47,7 +47,7 @@ def harmonizer_class(name: str) -> type:
 def test_frontier_harmonizer_trains_cdan(train_cfg, harmonizer: str) -> None:
     """CDAN+E (one harmonized pair); MCD's runs are the slowest, its checks are `run.py baseline=mcd ...`."""
     cls = harmonizer_class(harmonizer)
-    summary = run(train_cfg("baseline=cdan", f"harmonizer={harmonizer}", *FAST))
+    summary = run(train_cfg("baseline=cdan", f"harmonizer={harmonizer}", *FAST)).to_dict()
 
     assert summary["iterations"] == 2 and summary["harmonizer_name"] == cls.name
     assert 0.0 <= summary["target_acc_last"] <= 1.0

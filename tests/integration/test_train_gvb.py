@@ -21,7 +21,7 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("harmonizer", ["none", "gh", "ghpp"])
 def test_gvb_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
-    summary = run(train_cfg("baseline=gvb", f"harmonizer={harmonizer}", *QUICK))
+    summary = run(train_cfg("baseline=gvb", f"harmonizer={harmonizer}", *QUICK)).to_dict()
 
     assert summary["iterations"] == 4
     assert summary["baseline"] == "gvb"
@@ -49,7 +49,7 @@ def test_gvb_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) 
 
 def test_gvb_without_bridges_is_entropy_weighted_dann_on_predictions(train_cfg, tmp_path) -> None:
     cfg = train_cfg("baseline=gvb", "baseline.gvbg_weight=0", "baseline.gvbd_weight=0", "harmonizer=gh", *QUICK)
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
     assert summary["iterations"] == 4
     rows = read_metrics(tmp_path)
     assert not any(r.get("train/gvbg_loss") or r.get("train/gvbd_loss") for r in rows)

@@ -48,7 +48,7 @@ def test_prompt_baselines_train_with_every_harmonizer(train_cfg, tmp_path, basel
     cfg = train_cfg(
         f"baseline={baseline}", *chosen, f"trainer.precision={precision}", *FAST, *callbacks, f"iterations={iterations}"
     )
-    summary = run(cfg)
+    summary = run(cfg).to_dict()
     assert summary["iterations"] == iterations and summary["baseline"] == baseline
     assert summary["note"].startswith("not a result: CLIP tiny is randomly initialized")
     assert 0.0 <= summary["target_acc_last"] <= 1.0
@@ -71,7 +71,7 @@ def test_prompt_baselines_train_with_every_harmonizer(train_cfg, tmp_path, basel
 
 
 def test_zeroshot_clip_is_evaluated_once_without_training(train_cfg, tmp_path) -> None:
-    summary = run(train_cfg("baseline=zeroshot_clip", *FAST, *LEAN))
+    summary = run(train_cfg("baseline=zeroshot_clip", *FAST, *LEAN)).to_dict()
     assert summary["iterations"] == 0 and summary["sec_per_iter"] is None
     assert summary["target_acc_last"] == summary["target_acc_best"] and summary["target_acc_best_iteration"] == 0
     assert summary["note"].startswith("not a result")

@@ -32,7 +32,7 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("harmonizer", ["none", "gh", "ghpp"])
 def test_ssrt_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
-    summary = run(train_cfg("baseline=ssrt", f"harmonizer={harmonizer}", *QUICK, *TINY_SSRT))
+    summary = run(train_cfg("baseline=ssrt", f"harmonizer={harmonizer}", *QUICK, *TINY_SSRT)).to_dict()
 
     assert summary["iterations"] == 4 and summary["baseline"] == "ssrt"
     assert 0.0 <= summary["target_acc_last"] <= summary["target_acc_best"] <= 1.0
