@@ -32,6 +32,7 @@ bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughpu
 	$(PY) benchmarks/resnet50_step.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/harmonizer_calls.py
+	$(PY) benchmarks/prompt_step.py
 
 # mutation testing: resumable, each call stops after MUTATE_BUDGET (GNU timeout syntax) and the next one goes on
 MUTATE_BUDGET ?= 4h
