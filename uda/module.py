@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
@@ -30,23 +29,7 @@ from uda.errors import ConfigError
 from uda.harmonizers import Harmonizer
 from uda.optim import base_lr, param_groups
 from uda.training import EngineOptions, StepHooks, StepStats, clip_gradients, resolve_plans, run_stage
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_mean(flat: Tensor) -> Tensor:
-    """Average a tensor over ranks in one fused call (gloo has no AVG op): per-loss gradients, loss values."""
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    return flat.div_(_world_size())
-
-
-def all_reduce_feature_gram(gram: Tensor) -> Tensor:
-    """Feature-space Gram of the global batch: ranks hold disjoint samples, so local Grams add up; the losses
-    are per-rank means, hence the 1/world² of the global mean."""
-    dist.all_reduce(gram, op=dist.ReduceOp.SUM)
-    return gram.div_(_world_size() ** 2)
+from uda.training.distributed import all_reduce_feature_gram, all_reduce_mean, world_size
 
 
 class UDAModule(L.LightningModule):
@@ -121,7 +104,7 @@ class UDAModule(L.LightningModule):
     # --------------------------------------------------------------- training
     def step_hooks(self) -> StepHooks:
         """Lightning's part in a step: ``manual_backward``, DDP reductions, the float16 GradScaler."""
-        distributed = _world_size() > 1
+        distributed = world_size() > 1
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
