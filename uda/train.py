@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from uda.checkpoint import AtomicCheckpointIO, keep_previous_csv, resolve_ckpt_path
 from uda.config import recipe_notice, validate
 from uda.errors import ConfigError, UserError
+from uda.harmonizers import NoHarmonizer
 from uda.loggers import build_loggers, finish_wandb
 from uda.models.input_check import check_backbone_takes
 from uda.module import EngineOptions, UDAModule
@@ -72,11 +73,15 @@ def harmonizer_params(harmonizer: object) -> dict[str, Any]:
 
 def harmonizer_noop_reason(baseline: Any, module: UDAModule) -> str:
     """Why the harmonizer did nothing in this run, for the summary ("" when it acted)."""
-    if module.harmonizes:
-        return ""
     if not baseline.stages:
         return "evaluation only, nothing is trained"
-    return "no stage of the baseline has two losses to harmonize"
+    if not module.harmonizes:
+        return "no stage of the baseline has two losses to harmonize"
+    harmonized = [plan for plan in module.plans.values() if plan.groups]
+    if all(plan.procedure != "backprop" for plan in harmonized):
+        # a closure procedure (PGA) shapes the update itself and consults no harmonizer
+        return f"engine.procedure={harmonized[0].procedure} shapes the update itself"
+    return ""
 
 
 def pinned_device(job_num: int, device_count: int) -> int:
@@ -157,6 +162,9 @@ def run(cfg: DictConfig) -> RunSummary:
         lr_mult=OmegaConf.to_container(cfg.lr_mult, resolve=True) if cfg.get("lr_mult") else None,
         engine=engine,
     )
+    noop = harmonizer_noop_reason(baseline, module)
+    if noop.startswith("engine.procedure") and not isinstance(harmonizer, NoHarmonizer):
+        log.warning(f"harmonizer={choices.get('harmonizer', harmonizer.name)} does nothing here: {noop}")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), _output_dir(cfg))
     if cfg.get("ckpt_path") == "last":
         print(f"resuming from {ckpt_path}" if ckpt_path else "ckpt_path=last: no checkpoint yet, training from scratch")
@@ -193,7 +201,7 @@ def run(cfg: DictConfig) -> RunSummary:
         seed=int(cfg.seed),
         harmonizer_name=choices.get("harmonizer", harmonizer.name),
         harmonizer_params=harmonizer_params(harmonizer),
-        harmonizer_noop=harmonizer_noop_reason(baseline, module),
+        harmonizer_noop=noop,
         plan=plans,
         engine=engine,
         results={**results, "source_val_split": datamodule.source_eval_split},

@@ -85,3 +85,26 @@ def test_prompt_baselines_refuse_a_backbone_without_text_tower(train_cfg) -> Non
 
     with pytest.raises(ConfigError, match=r"baseline=dapl prompts CLIP's text tower, but the backbone is LeNet"):
         run(train_cfg("baseline=dapl", "backbone=lenet", *QUICK))
+
+
+def test_pga_trains_with_its_own_procedure_and_settings(train_cfg, tmp_path) -> None:
+    summary = run(train_cfg("baseline=pga", "baseline.radius=0.01", "baseline.align=0.5", *FAST, *LEAN)).to_dict()
+    (plan,) = summary["plan"]
+    assert (plan["procedure"], plan["pga_radius"], plan["pga_align"]) == ("pga", 0.01, 0.5)
+    assert summary["harmonizer_name"] == "none" and summary["monitored_steps"] == 4
+    assert summary["note"].startswith("not a result")
+
+
+def test_pga_procedure_on_cdan_says_the_default_harmonizer_does_nothing(train_cfg) -> None:
+    summary = run(train_cfg("baseline=cdan", "engine.procedure=pga", *QUICK, *LEAN)).to_dict()
+    (plan,) = summary["plan"]
+    assert (plan["procedure"], plan["pga_radius"], plan["pga_align"]) == ("pga", 3e-4, 1.0)
+    assert summary["harmonizer_noop"] == "engine.procedure=pga shapes the update itself"
+    assert summary["harmonizer"] == "ghpp(lam=0.5) (no-op: engine.procedure=pga shapes the update itself)"
+
+
+def test_pga_stage_is_harmonizable_with_the_gradient_engine_under_bf16(train_cfg) -> None:
+    overrides = ("engine.procedure=backprop", "harmonizer=ghpp", "trainer.precision=bf16-mixed", "iterations=2")
+    summary = run(train_cfg("baseline=pga", *FAST, *LEAN, *overrides)).to_dict()
+    assert summary["plan"][0]["procedure"] == "backprop" and "pga_radius" not in summary["plan"][0]
+    assert summary["harmonizer_noop"] == "" and summary["monitored_steps"] == 2

@@ -47,7 +47,7 @@ def test_groups_shared_class_specific_prompt_and_one_private_context_per_loss(cl
     assert sorted(id(p) for g in groups for p in g) == sorted(id(p) for p in trained)
     stage = model.stages[0]
     assert dict(stage.trade_offs) == {"target": 1.0, "source": 0.3} and stage.harmonize == (("target", "source"),)
-    assert model.procedure == "pga" and model.procedure_options("main") == {"radius": 3e-4, "align": 1.0}
+    assert model.stage("main").procedure == "pga" and model.procedure_options("main") == {"radius": 3e-4, "align": 1.0}
     assert build(clip).threshold == 0.4
     # each loss reaches the shared prompt and its own domain context only
     out = model.stages[0].loss_fn(batch(), 0)

@@ -47,6 +47,8 @@ class Stage:
             overrides it.
         optimizer: name(s) of the optimizer(s) this stage steps (see :meth:`Baseline.optimizer_groups`).
         repeat: how many times the stage runs per iteration (e.g. MCD's num_k generator steps).
+        procedure: the update procedure the stage is trained with by default (``backprop``: the gradient
+            engine; ``pga``: PGA's perturbed re-evaluation). ``engine.procedure`` overrides it.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Stage:
     tau_applies_to: str = "all"
     optimizer: str | tuple[str, ...] = "main"
     repeat: int = 1
+    procedure: str = "backprop"
 
     @property
     def optimizers(self) -> tuple[str, ...]:
@@ -152,6 +155,15 @@ class Baseline(nn.Module, ABC):
 
         ``batch`` is the iteration's batch and ``outputs`` the latest output of each stage that ran, by name.
         """
+        return {}
+
+    def private_parameters(self, stage: str) -> dict[str, list[nn.Parameter]]:
+        """Each loss's own parameters in ``stage``, for a closure procedure (PGA perturbs a loss's private group
+        along that loss's gradient only); empty by default: every parameter is shared."""
+        return {}
+
+    def procedure_options(self, stage: str) -> dict[str, float]:
+        """The baseline's own settings of its stage's procedure (PGA: ``radius``, ``align``); empty by default."""
         return {}
 
     def official_scope_for(self, stage: str | None) -> tuple[str, ...]:

@@ -34,7 +34,6 @@ official run sets it to 0, so it is left out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -151,8 +150,6 @@ class PGA(PromptBaseline):
 
     name = "pga"
     official_scope = ("prompt.shared",)
-    #: the update procedure this baseline's stage is trained with (see :mod:`uda.procedures`)
-    procedure: ClassVar[str] = "pga"
 
     def __init__(
         self,
@@ -219,6 +216,7 @@ class PGA(PromptBaseline):
             loss_fn=self.stage_losses,
             harmonize=(("target", "source"),),
             tau_applies_to="gram_params",
+            procedure="pga",  # engine.procedure=backprop trains the same stage with the gradient engine
         )
         self._last: tuple[UDABatch, PGAPasses] | None = None
         self._stages = (main,)

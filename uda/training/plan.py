@@ -19,7 +19,11 @@ from uda.baselines.base import GRAM_SCOPES, TRADE_OFF_PLACEMENTS, Baseline, Stag
 from uda.errors import ConfigError
 from uda.harmonizers import Harmonizer, NoHarmonizer
 from uda.harmonizers.engine import TAU_APPLIES_TO
+from uda.procedures.pga import check_pga_settings
 from uda.training.procedures import PROCEDURES
+
+#: PGA's official Office-Home values (LA/ runs), used where neither the baseline nor the engine sets them
+PGA_DEFAULTS = {"radius": 3e-4, "align": 1.0}
 
 GRAD_SPACES = ("params", "features")
 
@@ -52,7 +56,10 @@ class EngineOptions:
             a single plain backward pass. Harmonized steps always measure (the Gram matrix is needed).
         clip_grad_norm: clip the total gradient norm of each optimizer step (``None`` = off).
         procedure: the update procedure (:data:`uda.training.procedures.PROCEDURES`): ``backprop`` = the
-            gradient engine.
+            gradient engine, ``pga`` = PGA's perturbed re-evaluation (any stage with two or more losses);
+            ``None`` keeps the stage's own (``pga`` for ``baseline=pga``, else ``backprop``).
+        pga_radius, pga_align: PGA's ρ and a; ``None`` keeps the baseline's values (``baseline=pga``), else
+            PGA's official Office-Home values (ρ = 3e-4, a = 1).
     """
 
     gram_scope: str = "official"
@@ -63,14 +70,21 @@ class EngineOptions:
     batched_grads: bool = False
     monitor_every: int = 10
     clip_grad_norm: float | None = None
-    procedure: str = "backprop"
+    procedure: str | None = None
+    pga_radius: float | None = None
+    pga_align: float | None = None
 
     def __post_init__(self) -> None:
         _choose("gram_scope", self.gram_scope, GRAM_SCOPES)
         _choose("tau_applies_to", self.tau_applies_to, (*TAU_APPLIES_TO, None))
         _choose("trade_off", self.trade_off, (*TRADE_OFF_PLACEMENTS, None))
         _choose("grad_space", self.grad_space, GRAD_SPACES)
-        _choose("procedure", self.procedure, tuple(PROCEDURES))
+        _choose("procedure", self.procedure, (*PROCEDURES, None))
+        if self.pga_radius is not None or self.pga_align is not None:
+            check_pga_settings(
+                PGA_DEFAULTS["radius"] if self.pga_radius is None else self.pga_radius,
+                PGA_DEFAULTS["align"] if self.pga_align is None else self.pga_align,
+            )
         if self.monitor_every < 0:
             raise ConfigError(f"engine.monitor_every must be >= 0 (got {self.monitor_every})")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -94,6 +108,9 @@ class StagePlan:
         grad_space: ``params`` or ``features``.
         batched_grads: vmapped per-loss gradients.
         procedure: the update procedure's name.
+        procedure_options: the procedure's settings (PGA: ``radius``, ``align``); empty for ``backprop``.
+        private_params: each loss's own parameters, for a closure procedure (PGA); empty = all shared.
+        model: the module whose batch-norm statistics a closure procedure keeps fixed while it re-evaluates.
         measure_every: measure the gradient geometry every n iterations (1 = always, 0 = never).
         clip_grad_norm: total-norm clipping of each optimizer step, or None.
         optimizers: the optimizer names the stage steps.
@@ -112,6 +129,9 @@ class StagePlan:
     grad_space: str = "params"
     batched_grads: bool = False
     procedure: str = "backprop"
+    procedure_options: Mapping[str, float] = field(default_factory=dict)
+    private_params: Mapping[str, tuple[nn.Parameter, ...]] = field(default_factory=dict, repr=False, compare=False)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
     measure_every: int = 1
     clip_grad_norm: float | None = None
     optimizers: tuple[str, ...] = ("main",)
@@ -143,6 +163,7 @@ class StagePlan:
             "gram_params": sum(p.numel() for p in self.gram_params),
             "grad_space": self.grad_space,
             "procedure": self.procedure,
+            **{f"{self.procedure}_{k}": v for k, v in self.procedure_options.items()},
             "optimizers": list(self.optimizers),
             "repeat": self.repeat,
         }
@@ -175,6 +196,12 @@ def _plan(baseline: Baseline, stage: Stage, engine: EngineOptions, acts: bool) -
     names = tuple(stage.trade_offs)
     first = engine.first_loss
     ordered = [(first, *[n for n in g if n != first]) if first in g else g for g in stage.harmonize]
+    procedure = engine.procedure or stage.procedure
+    if procedure == "pga" and len(names) < 2:
+        raise ConfigError(
+            f"engine.procedure=pga needs a stage with two or more losses; {baseline.name} stage {stage.name!r} has "
+            f"{', '.join(names)}: use engine.procedure=backprop"
+        )
     if not stage.harmonize:
         measure_every = 0
     elif acts:
@@ -193,12 +220,26 @@ def _plan(baseline: Baseline, stage: Stage, engine: EngineOptions, acts: bool) -
         gram_params=tuple(baseline.scope_parameters(engine.gram_scope, stage.name)),
         grad_space=engine.grad_space,
         batched_grads=engine.batched_grads,
-        procedure=engine.procedure,
+        procedure=procedure,
+        procedure_options=_procedure_options(baseline, stage, engine, procedure),
+        private_params={k: tuple(v) for k, v in baseline.private_parameters(stage.name).items()},
+        model=baseline,
         measure_every=measure_every,
         clip_grad_norm=engine.clip_grad_norm,
         optimizers=stage.optimizers,
         repeat=stage.repeat,
     )
+
+
+def _procedure_options(baseline: Baseline, stage: Stage, engine: EngineOptions, procedure: str) -> dict[str, float]:
+    """The procedure's settings: the engine's where given, else the baseline's, else PGA's official values."""
+    if procedure != "pga":
+        return {}
+    own = baseline.procedure_options(stage.name)
+    chosen = {"radius": engine.pga_radius, "align": engine.pga_align}
+    options = {k: float(v if v is not None else own.get(k, PGA_DEFAULTS[k])) for k, v in chosen.items()}
+    check_pga_settings(options["radius"], options["align"])
+    return options
 
 
 def _check_tau_reaches(baseline: Baseline, stage: Stage, plan: StagePlan, harmonizer: Harmonizer) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from uda.errors import ConfigError
 from uda.harmonizers import GradStats, Harmonizer, feature_space_backward, harmonized_backward
+from uda.procedures.pga import pga_backward, running_stats_frozen
 
 if TYPE_CHECKING:
     from uda.training.plan import StagePlan
@@ -90,5 +91,36 @@ def backprop(inputs: StepInputs) -> GradStats | None:
     )
 
 
+def pga(inputs: StepInputs) -> GradStats:
+    """PGA's closure procedure (:func:`uda.procedures.pga_backward`) on the stage's losses.
+
+    The shared group is every stepped parameter that is no loss's private parameter (for CDAN+E: all of them);
+    each perturbed point re-runs the stage's forward pass (``inputs.closure``) with the batch-norm statistics
+    held (official ``disable_running_stats``). No harmonizer acts: the procedure shapes the update itself.
+    """
+    plan, hooks = inputs.plan, inputs.hooks
+    private = {n: list(ps) for n, ps in plan.private_params.items()}
+    private_ids = {id(p) for ps in private.values() for p in ps}
+    shared = [p for p in inputs.params if id(p) not in private_ids]
+
+    def closure(name: str) -> Tensor:
+        if plan.model is None:
+            return inputs.closure()[name]
+        with running_stats_frozen(plan.model):
+            return inputs.closure()[name]
+
+    return pga_backward(
+        closure,
+        dict(zip(plan.loss_names, inputs.losses, strict=True)),
+        shared,
+        private,
+        dict(zip(plan.loss_names, plan.trade_offs, strict=True)),
+        plan.procedure_options["radius"],
+        plan.procedure_options["align"],
+        reduce=hooks.reduce,
+        loss_scale=hooks.loss_scale(),
+    )
+
+
 #: the update procedures by name (``engine.procedure``); the single dispatch point of :func:`run_stage`
-PROCEDURES: dict[str, Callable[[StepInputs], GradStats | None]] = {"backprop": backprop}
+PROCEDURES: dict[str, Callable[[StepInputs], GradStats | None]] = {"backprop": backprop, "pga": pga}
