@@ -138,7 +138,7 @@ def test_prograd_update_is_paper_eq4(clip, case) -> None:
         ProGrad(lam, keep_anchor=False),
         trade_offs=[stage.trade_offs[n] for n in names],
         groups=groups,
-        weighted=stage.trade_off == "before",
+        trade_off_before=stage.trade_off == "before",
         tau_applies_to=stage.tau_applies_to,
         gram_params=baseline.scope_parameters("official", stage.name),
     )

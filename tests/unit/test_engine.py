@@ -103,12 +103,12 @@ def test_weighted_gram_uses_coefficient_scaled_gradients() -> None:
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
     losses = lambda: [w @ g1, w @ g2]  # noqa: E731 - gradients are exactly g1, g2
     coefs = [0.2, 1.0]
-    stats = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, weighted=True)
+    stats = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, trade_off_before=True)
     expected_tau = GH().weights(torch.stack([0.2 * g1, g2]) @ torch.stack([0.2 * g1, g2]).T)
     torch.testing.assert_close(stats.tau, expected_tau)
     torch.testing.assert_close(w.grad, 0.2 * expected_tau[0] * g1 + expected_tau[1] * g2)
     w.grad = None
-    unweighted = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, weighted=False)
+    unweighted = harmonized_backward(losses(), [w], GH(), trade_offs=coefs, trade_off_before=False)
     torch.testing.assert_close(unweighted.tau, GH().weights(torch.stack([g1, g2]) @ torch.stack([g1, g2]).T))
     assert not torch.allclose(unweighted.tau, stats.tau)
 
@@ -155,13 +155,13 @@ def test_stats_update_geometry_matches_explicit_vectors() -> None:
 
 def test_gh_guarantee_holds_unless_the_trade_off_is_applied_after_harmonization() -> None:
     """GH's update never conflicts with its inputs; a trade-off applied afterwards (official CDAN) can
-    break that, applying it before (`weighted=True`) keeps it."""
+    break that, applying it before (`trade_off_before=True`) keeps it."""
     w = nn.Parameter(torch.zeros(2))
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 0.5])
 
     def run(coefs, weighted):
         w.grad = None
-        return harmonized_backward([w @ g1, w @ g2], [w], GH(), trade_offs=coefs, weighted=weighted)
+        return harmonized_backward([w @ g1, w @ g2], [w], GH(), trade_offs=coefs, trade_off_before=weighted)
 
     assert run([1.0, 1.0], False).conflict_after().item() == 0.0
     assert run([0.1, 1.0], False).conflict_after().item() == 1.0
@@ -235,7 +235,7 @@ def stats_from_vectors(g: torch.Tensor, tau, coefs, pair, groups, weighted=False
         trade_offs=torch.as_tensor(coefs, dtype=g.dtype),
         groups=groups,
         pair_coefs=torch.as_tensor(pair, dtype=g.dtype),
-        weighted=weighted,
+        trade_off_before=weighted,
     )
 
 

@@ -47,7 +47,7 @@ def test_weighted_harmonization_shows_the_harmonizer_the_weighted_losses() -> No
     norms, values = grads.norm(dim=1), torch.stack([loss.detach() for loss in losses])
     # DB-MTL on coef_i g_i and coef_i L_i: tau_i = max_j (‖c_j g_j‖ / (c_j L_j)) / ‖c_i g_i‖ (the c_j cancel)
     expected = (norms / values).max() / (coefs * norms)
-    stats = harmonized_backward(losses, params, DBMTL(beta=0.0), trade_offs=coefs.tolist(), weighted=True)
+    stats = harmonized_backward(losses, params, DBMTL(beta=0.0), trade_offs=coefs.tolist(), trade_off_before=True)
     torch.testing.assert_close(stats.tau, expected.float())
 
 

@@ -76,7 +76,7 @@ def test_trade_off_placement_changes_what_the_harmonizer_sees() -> None:
     small_align = partial(replace, trade_offs=(0.1, 1.0))
     after, _ = one_step(plan_change=small_align)
     before, _ = one_step(plan_change=small_align, trade_off="before")
-    assert not after[0].stats.weighted and before[0].stats.weighted
+    assert not after[0].stats.trade_off_before and before[0].stats.trade_off_before
     assert not torch.allclose(after[0].stats.tau, before[0].stats.tau)
 
 

@@ -47,8 +47,9 @@ class GradStats:
         trade_offs: ``(m,)`` trade-off coefficients of the losses.
         groups: index tuples of the losses harmonized together (the first index is loss "1").
         pair_coefs: ``(m, m)`` harmonized-gradient coefficients A (ĝ_i = Σ_j A_ij g'_j, with g' = g, or
-            coef·g when ``weighted``); identity outside the groups.
-        weighted: whether the harmonizer saw the coefficient-weighted gradients.
+            coef·g when ``trade_off_before``); identity outside the groups.
+        trade_off_before: whether the harmonizer saw the trade-off-weighted gradients (trade-offs applied
+            before harmonization).
         space: ``"params"`` or ``"features"`` (where the gradients were taken).
     """
 
@@ -57,7 +58,7 @@ class GradStats:
     trade_offs: Tensor
     groups: tuple[tuple[int, ...], ...]
     pair_coefs: Tensor
-    weighted: bool = False
+    trade_off_before: bool = False
     space: str = "params"
 
     @property
@@ -109,12 +110,12 @@ class GradStats:
     @property
     def pair_gram(self) -> Tensor:
         """Inner products of the harmonized gradients, A K' Aᵀ (the paper's Fig. 12 "after")."""
-        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.weighted else self.gram
+        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.trade_off_before else self.gram
         return self.pair_coefs @ k @ self.pair_coefs.T
 
     def pair_conflict_after(self, i: int = 0, j: int = 1) -> Tensor:
         """1.0 when the harmonized pair ĝ_i, ĝ_j still meets at an obtuse angle (rounding tolerated)."""
-        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.weighted else self.gram
+        k = self.gram * torch.outer(self.trade_offs, self.trade_offs) if self.trade_off_before else self.gram
         a = self.pair_coefs
         tol = CONFLICT_RTOL * (a.abs() @ k.abs() @ a.abs().T)[i, j]
         return (self.pair_gram[i, j] < -tol).to(self.gram.dtype)
@@ -176,7 +177,7 @@ def harmonize_groups(
     harmonizer: Harmonizer | Sequence[Harmonizer],
     trade_offs: Tensor,
     groups: Sequence[Sequence[int]] | None,
-    weighted: bool,
+    trade_off_before: bool,
     losses: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[tuple[int, ...], ...]]:
     """tau (m,) and the block coefficient matrix A (m, m) for the given harmonized groups.
@@ -184,7 +185,7 @@ def harmonize_groups(
     ``harmonizer`` is one instance for every group, or a sequence with one instance per group (so a
     stateful method keeps one state per harmonized pair, e.g. GVB's two pairs). ``losses``: the (m,)
     detached loss values, given to the harmonizers that weight by them (``needs_losses``: FAMO, DB-MTL);
-    with ``weighted`` they see coef_i·L_i, as they see the Gram matrix of coef_i·g_i.
+    with ``trade_off_before`` they see coef_i·L_i, as they see the Gram matrix of coef_i·g_i.
     """
     m = gram.shape[0]
     first = harmonizer if isinstance(harmonizer, Harmonizer) else next(iter(harmonizer))
@@ -198,7 +199,7 @@ def harmonize_groups(
         seen |= set(group)
         idx = torch.tensor(group, device=gram.device)
         sub = gram.index_select(0, idx).index_select(1, idx)
-        c = trade_offs.index_select(0, idx) if weighted else None
+        c = trade_offs.index_select(0, idx) if trade_off_before else None
         if c is not None:
             sub = sub * torch.outer(c, c)
         if group_harmonizer.needs_losses:
@@ -270,7 +271,7 @@ def harmonized_backward(
     trade_offs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
     gram_params: Iterable[Tensor] | None = None,
-    weighted: bool = False,
+    trade_off_before: bool = False,
     tau_applies_to: str = "all",
     reduce: Callable[[Tensor], Tensor] | None = None,
     retain_graph: bool = False,
@@ -288,7 +289,7 @@ def harmonized_backward(
             (GH++ favours it). Losses outside every group keep tau = 1. Default: all losses, one group.
         gram_params: the Gram scope (default: all ``params``). It may contain parameters outside
             ``params``: their gradients enter the Gram matrix but no ``.grad`` is written for them.
-        weighted: if True the harmonizer sees the Gram matrix of the *weighted* gradients coef_i g_i
+        trade_off_before: if True the harmonizer sees the Gram matrix of the *weighted* gradients coef_i g_i
             (the trade-off is applied before harmonization, which keeps GH's non-conflict guarantee);
             if False (official CDAN/GVB/DWL) it sees the raw gradients and coef_i multiplies afterwards.
         tau_applies_to: ``"all"`` (official: tau multiplies every parameter's gradient) or ``"gram_params"``
@@ -342,7 +343,7 @@ def harmonized_backward(
             gram = gram / torch.as_tensor(loss_scale, dtype=gram.dtype, device=gram.device) ** 2
 
         coef_t = _coef_tensor(trade_offs, m, flat)
-        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, trade_off_before, values)
 
         # d = Σ_i w_i g_i, one matrix-vector product per block; views of it become each p.grad.
         w_all = coef_t * tau
@@ -370,7 +371,7 @@ def harmonized_backward(
         trade_offs=coef_t,
         groups=group_idx,
         pair_coefs=pair.detach(),
-        weighted=weighted,
+        trade_off_before=trade_off_before,
     )
 
 
@@ -381,7 +382,7 @@ def feature_space_backward(
     *,
     trade_offs: Sequence[float] | Tensor | None = None,
     groups: Sequence[Sequence[int]] | None = None,
-    weighted: bool = False,
+    trade_off_before: bool = False,
     tau_applies_to: str = "all",
     reduce_gram: Callable[[Tensor], Tensor] | None = None,
     reduce_losses: Callable[[Tensor], Tensor] | None = None,  # DDP: mean of the loss values (FAMO, DB-MTL)
@@ -428,7 +429,7 @@ def feature_space_backward(
         if reduce_losses is not None and values is not None:
             values = reduce_losses(values)
         coef_t = _coef_tensor(trade_offs, m, flat)
-        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, weighted, values)
+        tau, pair, group_idx = harmonize_groups(gram, harmonizer, coef_t, groups, trade_off_before, values)
         weighted_gz = None if tau_applies_to == "all" else ((coef_t * tau) @ flat).view_as(features)
     if weighted_gz is None:
         total = sum(w * loss for w, loss in zip(coef_t * tau, losses, strict=True))
@@ -445,7 +446,7 @@ def feature_space_backward(
         trade_offs=coef_t,
         groups=group_idx,
         pair_coefs=pair.detach(),
-        weighted=weighted,
+        trade_off_before=trade_off_before,
         space="features",
     )
 
