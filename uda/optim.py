@@ -30,6 +30,54 @@ def constant_lr(optimizer: Optimizer) -> LambdaLR:
     return LambdaLR(optimizer, lambda i: 1.0)
 
 
+#: when Dassl's trainers step the scheduler: after every iteration (DAPL's ``forward_backward`` calls ``update_lr()``
+#: on every batch) or after the last batch of each epoch (CoOp, ProGrad: ``batch_idx + 1 == num_batches``)
+DASSL_STEPPED_EVERY = ("iteration", "epoch")
+#: Dassl's ``WARMUP_TYPE``: linear from ``WARMUP_MIN_LR`` (DAPL) or constant ``WARMUP_CONS_LR`` (CoOp, ProGrad)
+DASSL_WARMUPS = ("linear", "constant")
+
+
+def dassl_cosine_lr(
+    optimizer: Optimizer,
+    max_epoch: int,
+    total_iterations: int,
+    stepped_every: str = "iteration",
+    warmup_epochs: int = 1,
+    warmup: str = "linear",
+    warmup_lr: float = 1e-5,
+) -> LambdaLR:
+    """Dassl's ``LR_SCHEDULER: cosine`` with warm-up (``dassl/optim/lr_scheduler.py``, ``WARMUP_RECOUNT: True``).
+
+    ``CosineAnnealingLR(T_max=max_epoch)`` wrapped in a warm-up scheduler. After s scheduler steps the lr is
+    ``warmup_lr`` for s = 0, then (linear) ``lr_0 · s / warmup_epochs`` or (constant) ``warmup_lr`` while
+    s < ``warmup_epochs``, then ``lr_0 · (1 + cos(π (s − warmup_epochs) / max_epoch)) / 2`` (the cosine restarts its
+    count after the warm-up; past ``max_epoch`` it rises again, as torch's closed form does). s counts iterations
+    (``stepped_every="iteration"``, DAPL's trainer) or whole epochs of ``total_iterations / max_epoch`` iterations
+    (``"epoch"``, CoOp/ProGrad). ``warmup_lr`` is absolute (the same in every parameter group), as in Dassl.
+    """
+    if stepped_every not in DASSL_STEPPED_EVERY:
+        raise ValueError(f"stepped_every={stepped_every!r} is unknown; choose one of: {', '.join(DASSL_STEPPED_EVERY)}")
+    if warmup not in DASSL_WARMUPS:
+        raise ValueError(f"warmup={warmup!r} is unknown; choose one of: {', '.join(DASSL_WARMUPS)}")
+    if max_epoch < 1 or total_iterations < 1 or warmup_epochs < 0:
+        raise ValueError(
+            f"dassl_cosine_lr needs max_epoch, total_iterations >= 1 and warmup_epochs >= 0, got {max_epoch}, "
+            f"{total_iterations}, {warmup_epochs}"
+        )
+    iterations_per_step = 1.0 if stepped_every == "iteration" else total_iterations / max_epoch
+
+    def factor(i: int, base_lr: float) -> float:
+        step = math.floor(i / iterations_per_step)
+        if step < warmup_epochs:
+            if warmup == "constant" or step == 0:
+                return warmup_lr / base_lr
+            return step / warmup_epochs
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_epochs) / max_epoch))
+
+    lambdas = [lambda i, base=group["lr"]: factor(i, base) for group in optimizer.param_groups]
+    return LambdaLR(optimizer, lambdas)
+
+
 def param_groups(
     groups: Mapping[str, list[nn.Parameter]], lr: float, lr_mult: Mapping[str, float], prefix: str = ""
 ) -> list[dict]:
