@@ -56,6 +56,6 @@ def test_the_schedule_is_a_cosine_stepped_every_twentieth_of_the_run(tmp_path) -
 
 def test_explicit_values_win_over_the_pga_recipe(tmp_path) -> None:
     overrides = ["dataset=officehome", "baseline=pga", "baseline.radius=0.01", "iterations=8", "eval_every=4"]
-    cfg = compose_train([*overrides, "backbone=clip_tiny", "optim=sgd"], tmp_path)
+    cfg = compose_train([*overrides, "backbone=clip_tiny", "optimizer=sgd", "scheduler=constant"], tmp_path)
     assert (cfg.baseline.radius, cfg.iterations, cfg.backbone.model) == (0.01, 8, "tiny")
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.baseline.align == 1.0
