@@ -1,11 +1,16 @@
-"""Early config checks: every bad value fails here, with one sentence, before any data or model is built."""
+"""Early config checks of values no single constructor owns, each failing with one sentence before anything is built.
+
+Here: the run's length and cadence (iterations, eval_every), the seed, the sweeper's metric, the torch optimizer's
+rates (a ``_partial_`` node, built only at the first step), the lr_mult of every baseline parameter group and the
+baseline.trade_off key the alignment baselines share. Values a class owns are checked by its constructor, in the
+same one-sentence form (the dataset's domains and batch sizes: ``UDADataModule``; each harmonizer's settings).
+"""
 
 from __future__ import annotations
 
 from numbers import Integral, Real
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from uda.errors import ConfigError
@@ -55,16 +60,6 @@ def validate(cfg: DictConfig) -> None:
         f"seed={seed!r} is invalid: it must be an integer, e.g. seed=0",
     )
 
-    _positive_int(cfg, "dataset.batch_size", "samples per domain in each training batch, e.g. 64")
-    if _number(cfg, "dataset.eval_batch_size") is not None:
-        _positive_int(cfg, "dataset.eval_batch_size", "samples per evaluation batch")
-    workers = _number(cfg, "dataset.num_workers")
-    _require(
-        workers is None or (isinstance(workers, Integral) and workers >= 0),
-        f"dataset.num_workers={workers!r} is invalid: it must be 0 or a positive integer",
-    )
-    _check_domains(cfg)
-
     lr = _number(cfg, "optimizer.lr")
     _require(
         isinstance(lr, Real) and not isinstance(lr, bool) and lr > 0,
@@ -88,31 +83,6 @@ def validate(cfg: DictConfig) -> None:
             isinstance(trade_off, Real) and trade_off >= 0,
             f"baseline.trade_off={trade_off!r} is invalid: the alignment weight must be a non-negative number",
         )
-
-
-def _check_domains(cfg: DictConfig) -> None:
-    target = _number(cfg, "dataset._target_")
-    try:
-        datamodule_cls = get_class(target)
-    except Exception as err:  # noqa: BLE001 - any import failure means a wrong _target_
-        raise ConfigError(f"dataset._target_={target!r} cannot be imported ({err})") from err
-    domains = getattr(datamodule_cls, "domains", ())
-    resolve = getattr(datamodule_cls, "resolve_domain", lambda name: name if name in domains else None)
-    choices = getattr(datamodule_cls, "domain_choices", lambda: ", ".join(domains))
-    resolved = {}
-    for role in ("source", "target"):
-        value = _number(cfg, f"dataset.{role}")
-        resolved[role] = resolve(value) if domains else value
-        _require(
-            not domains or resolved[role] is not None,
-            f"dataset.{role}={value!r} is not a domain of {getattr(datamodule_cls, 'name', target)}; "
-            f"choose one of: {choices()}",
-        )
-    _require(
-        resolved["source"] is None or resolved["source"] != resolved["target"],
-        f"dataset.source and dataset.target are both {resolved['source']!r}: domain adaptation needs two "
-        f"different domains; choose another dataset.target (domains: {choices() if domains else 'see the dataset'})",
-    )
 
 
 #: datasets whose recipe is the baseline's own defaults (conf/baseline/*.yaml are digits-scale)

@@ -15,14 +15,10 @@ from uda.train import build_node
     [
         ("optimizer.lr=-0.01", r"optimizer.lr=-0.01 is invalid: the learning rate must be a positive number"),
         ("optimizer.lr=0", r"optimizer.lr=0 is invalid"),
-        ("dataset.batch_size=0", r"dataset.batch_size=0 is invalid: it must be a positive integer"),
-        ("dataset.target=usps", r"dataset.target='usps' is not a domain of offline_digits; choose one of: mnist, uci"),
-        ("dataset.source=MNIST", r"dataset.source='MNIST' is not a domain"),
         ("iterations=1000", r"iterations=1000 is not a multiple of eval_every=250"),
         ("iterations=0", r"iterations=0 is invalid"),
         ("baseline.trade_off=-1", r"baseline.trade_off=-1 is invalid"),
         ("lr_mult.backbone=-1", r"lr_mult.backbone=-1 is invalid"),
-        ("dataset.target=mnist", r"dataset.source and dataset.target are both 'mnist': domain adaptation needs two"),
     ],
 )
 def test_bad_values_fail_early_with_one_sentence(train_cfg, override: str, message: str) -> None:
@@ -34,6 +30,26 @@ def test_bad_values_fail_early_with_one_sentence(train_cfg, override: str, messa
         cfg = train_cfg(override)
     with pytest.raises(ConfigError, match=message) as err:
         validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.batch_size=0", r"dataset.batch_size=0 is invalid: it must be a positive integer"),
+        ("dataset.eval_batch_size=1.5", r"dataset.eval_batch_size=1.5 is invalid: it must be a positive integer"),
+        ("dataset.num_workers=-1", r"dataset.num_workers=-1 is invalid: it must be 0 or a positive integer"),
+        ("dataset.target=usps", r"dataset.target='usps' is not a domain of offline_digits; choose one of: mnist, uci"),
+        ("dataset.source=MNIST", r"dataset.source='MNIST' is not a domain"),
+        ("dataset.target=mnist", r"dataset.source and dataset.target are both 'mnist': domain adaptation needs two"),
+    ],
+)
+def test_bad_dataset_values_fail_when_the_datamodule_is_built(train_cfg, override: str, message: str) -> None:
+    """The datamodule owns its domains and batch sizes: building it (before any data is read) refuses them."""
+    cfg = train_cfg(override)
+    validate(cfg)  # not a cross-cutting value: the config check leaves it to the owner
+    with pytest.raises(ConfigError, match=message) as err:
+        build_node(cfg.dataset, "dataset", iters_per_epoch=cfg.eval_every, seed=cfg.seed)
     assert "\n" not in str(err.value)
 
 

@@ -52,4 +52,4 @@ def test_split_lists_are_required_and_counted(tmp_path) -> None:
     ):
         dm.setup()
     with pytest.raises(DataError, match=r"DomainNet domain clipart has 10 images in .* standard dataset has 33525"):
-        DomainNet("c", "c", root=tmp_path, **SMALL).setup()
+        DomainNet("c", "r", root=tmp_path, **SMALL).setup()

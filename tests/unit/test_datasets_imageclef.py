@@ -67,7 +67,7 @@ def test_per_class_and_per_domain_counts_are_checked(tmp_path) -> None:
         match=r"ImageCLEF-DA domain pascal should have 50 images per class but has bird 49, boat 51 "
         r"\(in .*pList.txt\); fix the list or the images, or set dataset.strict=false",
     ):
-        ImageCLEF("p", "p", root=tmp_path, **SMALL).setup()
+        ImageCLEF("p", "c", root=tmp_path, **SMALL).setup()
     with pytest.raises(DataError, match=r"domain caltech has 598 images in image list .* standard dataset has 600"):
         ImageCLEF("c", "p", root=tmp_path, **SMALL).setup()
     relaxed = ImageCLEF("c", "p", root=tmp_path, strict=False, **SMALL)
@@ -120,9 +120,10 @@ def test_download_and_missing_data_are_one_sentence(tmp_path) -> None:
 
 def test_config_composes_with_the_papers_domains(train_cfg, tmp_path) -> None:
     from uda.config import validate
+    from uda.train import build_node
 
     cfg = train_cfg("dataset=imageclef", "dataset.source=p", "dataset.target=c", f"dataset.root={tmp_path}")
     validate(cfg)
     assert cfg.dataset._target_ == "uda.data.imageclef.ImageCLEF" and cfg.dataset.strict is True
     with pytest.raises(ConfigError, match=r"dataset.target='b' is not a domain of imageclef"):
-        validate(train_cfg("dataset=imageclef", "dataset.target=b"))
+        build_node(train_cfg("dataset=imageclef", "dataset.target=b").dataset, "dataset")

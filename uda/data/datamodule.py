@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from numbers import Integral
 from typing import ClassVar
 
 import lightning as L
@@ -37,6 +38,10 @@ class Unlabeled(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.dataset[index][0]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 class UDADataModule(L.LightningDataModule):
@@ -78,7 +83,20 @@ class UDADataModule(L.LightningDataModule):
                     f"dataset.{role}={domain!r} is not a domain of {self.name}; choose one of: {self.domain_choices()}"
                 )
             resolved.append(name)
+        if resolved[0] == resolved[1]:
+            raise ConfigError(
+                f"dataset.source and dataset.target are both {resolved[0]!r}: domain adaptation needs two different "
+                f"domains; choose another dataset.target (domains: {self.domain_choices()})"
+            )
         self.source, self.target = resolved
+        for key, value, hint in (
+            ("batch_size", batch_size, "samples per domain in each training batch, e.g. 64"),
+            ("eval_batch_size", eval_batch_size, "samples per evaluation batch"),
+        ):
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"dataset.{key}={value!r} is invalid: it must be a positive integer ({hint})")
+        if not _is_int(num_workers) or num_workers < 0:
+            raise ConfigError(f"dataset.num_workers={num_workers!r} is invalid: it must be 0 or a positive integer")
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.iters_per_epoch = iters_per_epoch
