@@ -2,9 +2,10 @@
 
 Everything a step does is plain PyTorch in :mod:`uda.training` (plans resolved once, losses -> finite check
 -> update procedure -> clip -> step); the run's record (evaluation history, model selection, conflict counts,
-timing) is the :class:`~uda.callbacks.RunRecord` callback. This module builds the optimizers, calls
-``run_stage`` per stage and repeat, steps the schedules once per iteration, logs, and checkpoints the
-iteration counter, the harmonizers' state and the RNG.
+timing) is the :class:`~uda.callbacks.RunRecord` callback. This module hands Lightning the optimizers of
+:func:`~uda.training.build_optimizers`, runs each iteration with :func:`~uda.training.run_iteration`, steps the
+schedules once per iteration, logs, evaluates, and checkpoints the iteration counter, the harmonizers' state and
+the RNG.
 """
 
 from __future__ import annotations
@@ -12,24 +13,29 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from uda.baselines.base import Baseline, StageOutput, UDABatch
+from uda.baselines.base import Baseline, UDABatch
 from uda.callbacks.record import RunRecord
 from uda.checkpoint import rng_state, set_rng_state
 from uda.data.datamodule import EVAL_SETS
-from uda.errors import ConfigError
 from uda.harmonizers import Harmonizer
-from uda.optim import base_lr, param_groups
-from uda.training import EngineOptions, StepHooks, StepStats, clip_gradients, resolve_plans, run_stage
-from uda.training.distributed import all_reduce_feature_gram, all_reduce_mean, world_size
+from uda.training import (
+    EngineOptions,
+    StepHooks,
+    StepStats,
+    build_optimizers,
+    check_lr_mult,
+    clip_gradients,
+    resolve_plans,
+    run_iteration,
+    scaled_step_hooks,
+)
 
 
 class UDAModule(L.LightningModule):
@@ -57,12 +63,7 @@ class UDAModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr_mult = dict(lr_mult or {})
         self.engine = engine or EngineOptions()
-        names = {g for groups in baseline.optimizer_groups().values() for g in groups}
-        unknown = sorted(set(self.lr_mult) - names)
-        if unknown:
-            raise ConfigError(
-                f"lr_mult names unknown parameter groups {unknown}; {baseline.name} has: {', '.join(sorted(names))}"
-            )
+        check_lr_mult(baseline, self.lr_mult)
         #: the resolved plan of every stage (validated here, once)
         self.plans = resolve_plans(baseline, harmonizer, self.engine)
         self.group_harmonizers = {s.name: [copy.deepcopy(harmonizer) for _ in s.harmonize] for s in baseline.stages}
@@ -91,41 +92,17 @@ class UDAModule(L.LightningModule):
         return [self.record]
 
     def configure_optimizers(self) -> Any:
-        lr, overrides = base_lr(self.optimizer_factory), self.baseline.optimizer_overrides()
-        self._opt_names, optimizers, schedulers = [], [], []
-        for name, groups in self.baseline.optimizer_groups().items():
-            opt = self.optimizer_factory(param_groups(groups, lr, self.lr_mult, f"{name}/"), **overrides.get(name, {}))
-            self._opt_names.append(name)
-            optimizers.append(opt)
-            if self.scheduler_factory is not None:
-                schedulers.append(self.scheduler_factory(opt))
-        return optimizers, schedulers
+        optimizers, schedulers = build_optimizers(
+            self.baseline, self.optimizer_factory, self.scheduler_factory, self.lr_mult
+        )
+        self._opt_names = list(optimizers)
+        return list(optimizers.values()), schedulers
 
     # --------------------------------------------------------------- training
     def step_hooks(self) -> StepHooks:
         """Lightning's part in a step: ``manual_backward``, DDP reductions, the float16 GradScaler."""
-        distributed = world_size() > 1
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        scaler = scaler if scaler is not None and scaler.is_enabled() else None
-
-        def loss_scale() -> Tensor | None:
-            # the engine differentiates the *scaled* losses (as manual_backward would) and unscales the Gram
-            return None if scaler is None else scaler.scale(torch.ones((), device=self.device))
-
-        def step(opt: Optimizer, clip_grad_norm: float | None) -> bool:
-            # clipping happens in on_before_optimizer_step, after the GradScaler has unscaled the gradients
-            scale_before = scaler.get_scale() if scaler is not None else None
-            opt.step()
-            # a lower scale afterwards: the scaler found inf/NaN in the gradients and skipped this step
-            return scaler is None or scaler.get_scale() >= scale_before
-
-        return StepHooks(
-            backward=self.manual_backward,
-            reduce=all_reduce_mean if distributed else None,
-            reduce_gram=all_reduce_feature_gram if distributed else None,
-            loss_scale=loss_scale,
-            step=step,
-        )
+        return scaled_step_hooks(self.manual_backward, scaler, self.device)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         clip_gradients(optimizer, self.engine.clip_grad_norm)
@@ -136,28 +113,11 @@ class UDAModule(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         by_name = dict(zip(self._opt_names, optimizers, strict=True))
-        hooks, multi_stage = self.step_hooks(), len(self.baseline.stages) > 1
-        logs: dict[str, Tensor | float] = {
-            f"train/{k}": v for k, v in self.baseline.begin_iteration(self.iteration).items()
-        }
-        outputs: dict[str, StageOutput] = {}
-        self.step_stats = []
-        for stage in self.baseline.stages:
-            plan = self.plans[stage.name].with_trade_offs(stage.trade_offs)
-            prefix = f"train/{stage.name}/" if multi_stage else "train/"
-            opts = [by_name[name] for name in plan.optimizers]
-            for _ in range(plan.repeat):
-                loss_fn = partial(stage.loss_fn, uda_batch, self.iteration)
-                result = run_stage(
-                    plan, loss_fn, opts, self.group_harmonizers[stage.name], iteration=self.iteration, hooks=hooks
-                )
-                outputs[stage.name] = result.output
-                self.skipped_steps += result.skipped_steps
-                self.step_stats.extend(result.stats)
-                logs.update({f"{prefix}{n}_loss": v.detach() for n, v in result.losses.items()})
-                logs.update({f"{prefix}{n}": v for n, v in result.metrics.items()})
-        end = self.baseline.end_iteration(self.iteration, uda_batch, outputs)
-        logs.update({f"train/{k}": v for k, v in end.items()})
+        result = run_iteration(
+            self.baseline, self.plans, by_name, self.group_harmonizers, uda_batch, self.iteration, self.step_hooks()
+        )
+        self.step_stats, logs = result.stats, result.logs
+        self.skipped_steps += result.skipped_steps
         self.iteration += 1
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
