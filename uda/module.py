@@ -133,6 +133,12 @@ class UDAModule(L.LightningModule):
         name = EVAL_SETS[dataloader_idx]
         self.eval_metrics[f"{name}_acc"].update(logits, y)
         self.eval_metrics[f"{name}_acc_mean_class"].update(logits, y)
+        for variant, scores in (self.baseline.prediction_variants(x) if name == "target" else {}).items():
+            # made at the first evaluation (the names come from the baseline); logged by RunRecord as target/acc_<name>
+            if f"target_acc_{variant}" not in self.eval_metrics:
+                metric = MulticlassAccuracy(self.baseline.num_classes, average="micro").to(self.device)
+                self.eval_metrics[f"target_acc_{variant}"] = metric
+            self.eval_metrics[f"target_acc_{variant}"].update(scores, y)
 
     # ----------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

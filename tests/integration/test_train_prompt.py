@@ -53,6 +53,8 @@ def test_prompt_baselines_train_with_every_harmonizer(train_cfg, tmp_path, basel
     assert summary["note"].startswith("not a result: CLIP tiny is randomly initialized")
     assert 0.0 <= summary["target_acc_last"] <= 1.0
     rows = metrics(tmp_path)
+    # one prediction only: no target/acc_<variant> besides the mean-class accuracy and the running best
+    assert {k for k in rows[0] if k.startswith("target/acc_")} == {"target/acc_mean_class", "target/acc_best"}
     losses = {"coop": ["cls"], "dapl": ["target", "source"], "prograd": ["cls", "kl"]}[baseline]
     train_rows = [r for r in rows if r.get(f"train/{losses[0]}_loss")]
     assert len(train_rows) == iterations and all(r[f"train/{n}_loss"] for r in train_rows for n in losses)
@@ -93,6 +95,12 @@ def test_pga_trains_with_its_own_procedure_and_settings(train_cfg, tmp_path) -> 
     assert (plan["procedure"], plan["pga_radius"], plan["pga_align"]) == ("pga", 0.01, 0.5)
     assert summary["harmonizer_name"] == "none" and summary["monitored_steps"] == 4
     assert summary["note"].startswith("not a result")
+    # the three official evaluations are logged at every evaluation; target/acc is the configured one (ensemble)
+    evaluations = [r for r in metrics(tmp_path) if r.get("target/acc")]
+    assert len(evaluations) == 2
+    for row in evaluations:
+        assert row["target/acc"] == row["target/acc_ensemble"]
+        assert all(0.0 <= float(row[f"target/acc_{v}"]) <= 1.0 for v in ("ensemble", "source", "target"))
 
 
 def test_pga_procedure_on_cdan_says_the_default_harmonizer_does_nothing(train_cfg) -> None:

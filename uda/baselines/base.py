@@ -132,6 +132,11 @@ class Baseline(nn.Module, ABC):
     def predict(self, x: Tensor) -> Tensor:
         """Class logits used for evaluation."""
 
+    def prediction_variants(self, x: Tensor) -> dict[str, Tensor]:
+        """Further class scores evaluated beside :meth:`predict`, by name (validation logs ``target/acc_<name>``);
+        none by default. PGA reports its ensemble and each domain prompt, as its official code does."""
+        return {}
+
     def optimizer_groups(self) -> dict[str, dict[str, list[nn.Parameter]]]:
         """Parameters per optimizer, split into learning-rate groups ("backbone", "heads")."""
         backbone = list(self.backbone.parameters())
