@@ -21,9 +21,10 @@ from uda.errors import ConfigError, UserError
 from uda.harmonizers import NoHarmonizer
 from uda.loggers import build_loggers, finish_wandb
 from uda.models.input_check import check_backbone_takes
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
 from uda.provenance import provenance
 from uda.summary import RunSummary, format_summary
+from uda.training import EngineOptions
 
 log = logging.getLogger(__name__)
 

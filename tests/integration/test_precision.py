@@ -18,7 +18,8 @@ from uda.baselines import CDAN
 from uda.data import OfflineDigits
 from uda.harmonizers import GH, GHPP, NoHarmonizer, harmonized_backward, loss_gradients
 from uda.models import LeNet
-from uda.module import EngineOptions, UDAModule
+from uda.module import UDAModule
+from uda.training import EngineOptions
 
 LR = 0.05
 
