@@ -31,7 +31,7 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("harmonizer", ["none", "gh", "ghpp"])
 def test_dwl_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
     cfg = train_cfg(*DWL_QUICK, f"harmonizer={harmonizer}", *QUICK)
-    assert cfg.optimizer.momentum == 0.9 and cfg.scheduler is None  # the baseline selected `optimizer: sgd`, no scheduler
+    assert cfg.optimizer.momentum == 0.9 and cfg.scheduler is None  # baseline=dwl selects scheduler=constant
     summary = run(cfg).to_dict()
 
     assert summary["iterations"] == 4 and summary["baseline"] == "dwl"
