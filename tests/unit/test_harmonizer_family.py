@@ -328,6 +328,24 @@ def test_two_loss_weights_never_read_device_values_on_the_host(cls) -> None:
     assert reads == []
 
 
+@pytest.mark.parametrize("cls", [c for c in FAMILY if c is not GradVac], ids=lambda c: c.name)
+def test_weights_stay_on_the_gram_device_also_after_restoring_a_cpu_checkpoint(cls) -> None:
+    """Resuming on a GPU: the state comes back from the checkpoint on the CPU and the Gram matrix is on the device.
+    The meta device stands in for CUDA (shapes and dtypes, no data): a tensor left on the CPU (the restored
+    state, or a constant built without the Gram's device) raises when mixed with it, as it would on CUDA. One
+    and two losses (the host-sync-free paths); GradVac is left out because it keeps its target on the host."""
+    for m in [2] if cls.num_losses == 2 else [1, 2]:
+        trained = cls()
+        for seed in range(2):
+            tau(trained, gram(random_grads(m, seed=seed, conflict=m > 1)), loss_values(m, seed))
+        restored = cls()
+        restored.load_state_dict(trained.state_dict())
+        k = gram(random_grads(m, seed=2, conflict=m > 1)).float().to("meta")
+        for _ in range(2):  # the second call reads the state the first one committed
+            weights = tau(restored, k, loss_values(m).float().to("meta"))
+            assert (weights.device.type, weights.dtype, weights.shape) == ("meta", torch.float32, (m,))
+
+
 def test_the_host_read_inspection_sees_the_usual_culprits_and_restores_torch() -> None:
     t = torch.tensor([1.0, -2.0])
     with host_reads_recorded() as reads:
