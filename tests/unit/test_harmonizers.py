@@ -349,6 +349,21 @@ def test_ghpp_rotation_rotates_both_gradients_within_their_plane_to_orthogonal(l
     assert math.acos(cosine(harmonized[0], g[1])) == pytest.approx(theta - lam * phi)  # toward g2, not away
 
 
+def test_ghpp_rotation_falls_back_to_gh_strictly_below_its_sine_threshold() -> None:
+    """The plane is used while sin θ >= eps (a rotation: norms kept, pair orthogonal); GH only below it."""
+    from uda.harmonizers import GHPPRotation
+    from uda.harmonizers.base import pair_angle
+
+    g = unit_vectors_at(math.radians(150), 0.7, 2.0)
+    k = g @ g.T
+    s = float(torch.sin(pair_angle(k[0, 0], k[1, 1], k[0, 1])))  # sin θ as the harmonizer sees it (≈ 0.5)
+    at_threshold = GHPPRotation(eps=s).coefficients(k) @ g
+    torch.testing.assert_close(at_threshold.norm(dim=1), g.norm(dim=1))
+    assert float(at_threshold[0] @ at_threshold[1]) == pytest.approx(0.0, abs=1e-12)
+    above = GHPPRotation(eps=math.nextafter(s, 1.0)).weights(k)
+    torch.testing.assert_close(above, GH().weights(k))
+
+
 def test_ghpp_rotation_leaves_acute_pairs_alone_and_names_itself_in_its_error() -> None:
     from uda.errors import ConfigError
     from uda.harmonizers import GHPPRotation
@@ -387,6 +402,35 @@ def test_config_momentum_weights_come_from_the_bias_corrected_running_gram() -> 
         torch.testing.assert_close(tau, smoothed.sum() / (2 * smoothed))
         torch.testing.assert_close(h.state_dict()["running_gram"], expected_running)
         assert h.state_dict()["steps"].item() == step
+
+
+@pytest.mark.parametrize(("n1", "n2", "sign"), [(1.0, 3.0, -1.0), (2.0, 0.5, 1.0)])
+def test_two_loss_config_and_imtl_g_keep_their_closed_forms_for_collinear_gradients(
+    n1: float, n2: float, sign: float
+) -> None:
+    """Exactly (anti)parallel gradients, where the general m-loss formulas are singular: ConFIG's two-loss
+    form is tau_i = (‖g_1‖ + ‖g_2‖) / (2 ‖g_i‖) (so the antiparallel update is exactly 0), IMTL-G's is
+    tau ∝ (1/‖g_1‖, 1/‖g_2‖) with sum 1."""
+    from uda.harmonizers import IMTLG, ConFIG
+
+    g = torch.tensor([[n1, 0.0], [sign * n2, 0.0]], dtype=torch.float64)
+    k = g @ g.T
+    torch.testing.assert_close(ConFIG().weights(k), torch.tensor([(n1 + n2) / (2 * n1), (n1 + n2) / (2 * n2)]).double())
+    torch.testing.assert_close(IMTLG().weights(k), torch.tensor([n2 / (n1 + n2), n1 / (n1 + n2)]).double())
+    if sign < 0:
+        assert (ConFIG().weights(k) @ g).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_config_weights_come_in_the_gram_dtype(m: int, dtype: torch.dtype) -> None:
+    """The public Gram-form function returns its weights in the Gram matrix's dtype for every number of losses
+    (one loss: the weight 1)."""
+    from uda.harmonizers.config import config_weights
+
+    k = torch.eye(m, dtype=dtype) * 4.0
+    weights = config_weights(k)
+    assert weights.dtype == dtype and weights.tolist() == [1.0] * m
 
 
 def test_dbmtl_averages_log_loss_gradient_norms_with_a_decaying_rate() -> None:
