@@ -500,8 +500,10 @@ def test_upgrad_and_dualproj_equal_a_primal_projection_solver(m) -> None:
 def test_dual_cone_solvers_refuse_too_many_losses_and_bad_ridges() -> None:
     with pytest.raises(ValueError, match="up to 10 losses"):
         UPGrad().weights(torch.eye(11, dtype=torch.float64))
-    with pytest.raises(ConfigError, match="reg_eps"):
-        DualProj(reg_eps=-1.0)
+    for cls, name in ((UPGrad, "UPGrad"), (DualProj, "DualProj")):
+        with pytest.raises(ConfigError, match=rf"harmonizer.reg_eps=-1.0 is invalid: {name}'s ridge must be >= 0"):
+            cls(reg_eps=-1.0)
+        assert cls(reg_eps=0.0).reg_eps == 0.0  # the edge is allowed (no ridge)
 
 
 # ------------------------------------------------------------------------------------------------------
