@@ -477,14 +477,46 @@ def test_dbmtl_wants_one_lower_bound_per_loss_and_names_itself() -> None:
         DBMTL(min_losses=[0.0, 0.0, 0.0]).weights(k, torch.ones(2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("alpha", [0.2, 2.0, 5.0])
 @pytest.mark.parametrize("m", [2])  # m = 3 raises numpy's LinAlgError in the Newton solver (reported)
-def test_fairgrad_falls_back_to_the_plain_sum_when_no_fair_weights_exist(m: int) -> None:
+def test_fairgrad_falls_back_to_the_plain_sum_when_no_fair_weights_exist(m: int, alpha: float) -> None:
     """K w = w^(−1/α) has no positive solution when the gradients admit no common descent direction (exactly
-    opposite ones): the residual check rejects whatever the solver returned and the step is the plain sum."""
+    opposite ones): the residual check (relative to w^(−1/α), whatever the size of w) rejects whatever the
+    solver returned and the step is the plain sum, for small and large α."""
     from uda.harmonizers import FairGrad
 
-    g = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]], dtype=torch.float64)[:m]
-    assert FairGrad().weights(g @ g.T).tolist() == [1.0] * m
+    g = torch.tensor([[1.0, 2.0], [-0.1, -0.2], [2.0, 4.0]], dtype=torch.float64)[:m]  # opposite, norms 10:1
+    assert FairGrad(alpha).weights(g @ g.T).tolist() == [1.0] * m
+
+
+@pytest.mark.parametrize("offset", [1e-4, -1e-4])
+def test_fairgrad_two_loss_search_finds_a_root_beside_a_point_of_its_grid(offset: float) -> None:
+    """Orthogonal gradients, K = diag(a, 1): K w = w^(−1/α) gives w = (a^(−α/(α+1)), 1), so log(w2/w1) =
+    log(a)/(1 + 1/α). a is chosen to put that root 1e-4 above (below) a point of the search's first grid:
+    the zoomed grid then holds it in its first (last) cell, the edges of the bracket search."""
+    from uda.harmonizers import FairGrad
+    from uda.harmonizers.fairgrad import _GRID_POINTS, _LOG_RATIO_BOUND
+
+    alpha = 1.0
+    grid_point = -_LOG_RATIO_BOUND + 2 * _LOG_RATIO_BOUND * (_GRID_POINTS // 2) / (_GRID_POINTS - 1)
+    a = math.exp((1 + 1 / alpha) * (grid_point + offset))
+    weights = FairGrad(alpha).weights(torch.tensor([[a, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(weights, torch.tensor([a ** (-alpha / (alpha + 1)), 1.0], dtype=torch.float64))
+
+
+def test_fairgrad_newton_solver_at_alpha_one_solves_without_floating_point_warnings() -> None:
+    """α = 1 (Nash-MTL's K w = 1/w) with three losses: the solver's barrier is Σ log w there, since the general
+    Σ w^(1−1/α)/(1 − 1/α) would divide by zero (numpy warns and the line search sees −inf)."""
+    import warnings
+
+    from uda.harmonizers import FairGrad
+
+    g = torch.tensor([[1.0, 0.2, 0.0], [-0.5, 1.0, 0.3], [0.1, -0.4, 2.0]], dtype=torch.float64)
+    k = g @ g.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = FairGrad(1.0).weights(k)
+    torch.testing.assert_close(k @ w, 1 / w)
 
 
 def cagrad_dual_objective(w: torch.Tensor, k: torch.Tensor, c: float) -> torch.Tensor:
