@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import QUICK, ROOT
 
 
@@ -93,6 +95,7 @@ def read_wandb_run_record(run_dir: Path):
     raise AssertionError(f"no run record in {path}")
 
 
+@pytest.mark.slow  # a subprocess run with W&B; test_train.py checks the offline W&B run in-process
 def test_wandb_run_is_grouped_named_typed_and_carries_config_and_provenance(tmp_path) -> None:
     quick = [o for o in QUICK if not o.startswith("logger=")]
     proc = run_cli("logger=wandb", "baseline=dann", "harmonizer=gh", "seed=4", *quick, cwd=tmp_path)
@@ -126,6 +129,7 @@ def test_wandb_group_is_the_experiment_preset(tmp_path) -> None:
     assert run_group(cfg) == "offline_digits-uci-mnist-mcd"
 
 
+@pytest.mark.slow  # two gloo processes through the CLI; test_ddp.py checks the DDP numerics in make test
 def test_ddp_on_cpu_with_the_default_callbacks_runs_and_reports_once(tmp_path) -> None:
     """`trainer=ddp_cpu` (2 gloo processes) with every default callback: no rank waits for a collective the
     other never joins, epoch metrics need no sync_dist warning, and one summary is printed."""

@@ -13,8 +13,11 @@ from tests.integration.test_cli import run_cli
 from uda.train import pinned_device
 
 FAST = ("+trainer.fast_dev_run=true", "logger=csv", "trainer.enable_progress_bar=false")
+#: the sweep tests check the launchers, not the figures: the drawing callbacks stay off
+LEAN = ("~callbacks.analysis", "~callbacks.gradient_diagnostics")
 
 
+@pytest.mark.slow  # the sequential sweep below checks that a failing job does not stop the sweep
 def test_joblib_multirun_runs_each_job_in_its_own_directory_and_survives_a_failing_job(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -41,13 +44,12 @@ def test_sequential_sweep_goes_on_after_a_job_that_crashes_in_the_middle(tmp_pat
     sweep = tmp_path / "sweep"
     # momentum=0 passes validation, but torch's SGD refuses Nesterov (the preset's) without momentum: the middle
     # job dies of an unexpected ValueError inside trainer.fit, not of a user error
-    proc = run_cli("-m", "optimizer.momentum=0.9,0,0.5", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_cli("-m", "optimizer.momentum=0.9,0,0.5", *FAST, *LEAN, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    lean = ",~callbacks.analysis=null,~callbacks.gradient_diagnostics=null"
     assert [p.name for p in jobs] == [
-        "0_+trainer.fast_dev_run=True,optimizer.momentum=0.9",
-        "1_+trainer.fast_dev_run=True,optimizer.momentum=0",
-        "2_+trainer.fast_dev_run=True,optimizer.momentum=0.5",
+        f"{k}_+trainer.fast_dev_run=True,optimizer.momentum={m}{lean}" for k, m in enumerate(("0.9", "0", "0.5"))
     ]
     first, failed, last = jobs
     for job in (first, last):  # the job after the failure ran too
@@ -60,6 +62,7 @@ def test_sequential_sweep_goes_on_after_a_job_that_crashes_in_the_middle(tmp_pat
     assert "Traceback" in (failed / "run.log").read_text()  # the details are kept for whoever fixes it
 
 
+@pytest.mark.slow  # an Optuna study of several trials
 def test_optuna_preset_tunes_lambda_on_source_accuracy_not_the_target_oracle(tmp_path) -> None:
     cfg = compose_train(["sweep=lam_optuna"], tmp_path)
     assert cfg.optimized_metric == "source_acc_best"

@@ -28,7 +28,9 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("harmonizer", ["none", "gh", "ghpp"])
+@pytest.mark.parametrize(
+    "harmonizer", [pytest.param("none", marks=pytest.mark.slow), "gh", pytest.param("ghpp", marks=pytest.mark.slow)]
+)
 def test_dwl_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
     cfg = train_cfg(*DWL_QUICK, f"harmonizer={harmonizer}", *QUICK)
     assert cfg.optimizer.momentum == 0.9 and cfg.scheduler is None  # baseline=dwl selects scheduler=constant
@@ -62,6 +64,7 @@ def test_dwl_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) 
     assert len(eval_rows) == 2
 
 
+@pytest.mark.slow  # about a minute; test_resume.py checks exact resume in make test
 def test_interrupted_dwl_run_resumes_with_the_same_dynamic_weight(tmp_path: Path) -> None:
     # an "epoch" of 3 iterations straddles the checkpoint written at iteration 2, so the resumed run needs
     # both T's running state and the two batches of features collected before the crash

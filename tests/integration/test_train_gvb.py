@@ -19,7 +19,7 @@ def read_metrics(output_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("harmonizer", ["none", "gh", "ghpp"])
+@pytest.mark.parametrize("harmonizer", ["none", "gh", pytest.param("ghpp", marks=pytest.mark.slow)])
 def test_gvb_trains_with_every_harmonizer(train_cfg, tmp_path, harmonizer: str) -> None:
     summary = run(train_cfg("baseline=gvb", f"harmonizer={harmonizer}", *QUICK)).to_dict()
 

@@ -66,7 +66,7 @@ def test_prompt_baselines_train_with_every_harmonizer(train_cfg, tmp_path, basel
         # measured every step when harmonized, every engine.monitor_every=10 iterations (iteration 0) with none
         assert summary["monitored_steps"] == (1 if harmonizer == "none" else iterations)
     if baseline == "prograd" and harmonizer is None:
-        assert summary["harmonizer"] == "prograd(lam=1.0, keep_anchor=False)"
+        assert summary["harmonizer"] == "prograd_paper(lam=1.0, keep_anchor=False)"  # the config name and its settings
         assert summary["pair_conflict_rate_after"] is not None
         # the default callbacks ran: the analysis hooked the per-image features of the prompt baseline
         assert any((tmp_path / "analysis").iterdir()) and any((tmp_path / "diagnostics").iterdir())
