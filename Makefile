@@ -38,11 +38,13 @@ bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughpu
 MUTATE_BUDGET ?= 4h
 MUTATE_JOBS ?= 2
 MUTATE_NICE ?= 15
+# optional mutant name patterns (fnmatch), e.g. MUTANTS='uda.harmonizers.*' to finish the goal area first
+MUTANTS ?=
 mutate: ## Mutation score of harmonizers/engine/report/record (mutmut, resumable, <= MUTATE_BUDGET) -> benchmarks/results/mutation.md
 	timeout --signal=INT --kill-after=120 $(MUTATE_BUDGET) nice -n $(MUTATE_NICE) \
-		$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) || [ $$? -eq 124 ] || { echo "mutmut run failed"; exit 1; }
+		$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS) || [ $$? -eq 124 ] || { echo "mutmut run failed"; exit 1; }
 	$(PY) benchmarks/mutation_report.py \
-		--command "make mutate MUTATE_BUDGET=$(MUTATE_BUDGET) MUTATE_JOBS=$(MUTATE_JOBS) MUTATE_NICE=$(MUTATE_NICE)"
+		--command "make mutate MUTATE_BUDGET=$(MUTATE_BUDGET) MUTATE_JOBS=$(MUTATE_JOBS) MUTATE_NICE=$(MUTATE_NICE) MUTANTS='$(MUTANTS)'"
 
 RUNS ?= logs/study/fonts
 OUT ?= benchmarks/results/fonts_study
