@@ -539,6 +539,17 @@ def test_fairgrad_solves_an_ill_conditioned_six_loss_problem() -> None:
     torch.testing.assert_close(k @ w, w ** (-1.0 / 2.0), rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("m", [3, 10])
+def test_fairgrad_newton_solver_at_a_small_alpha_meets_the_closed_form_for_orthogonal_gradients(m) -> None:
+    """Orthogonal gradients with ‖g_i‖² = 10^(−i): K = diag(d) and K w = w^(−1/α) gives w_i = d_i^(−α/(α+1)).
+    At α = 0.01 the barrier w^(−100) is steep, so the Newton solver needs its start on the right scale
+    (a start far below the solution grows only by a factor 1 + α per damped step)."""
+    alpha = 0.01
+    d = torch.tensor([10.0**-i for i in range(m)], dtype=torch.float64)
+    w = FairGrad(alpha).weights(torch.diag(d))
+    torch.testing.assert_close(w, d ** (-alpha / (alpha + 1)), rtol=1e-9, atol=0)
+
+
 def test_fairgrad_matches_the_official_least_squares_solver() -> None:
     optimize = pytest.importorskip("scipy.optimize")
     import numpy as np
