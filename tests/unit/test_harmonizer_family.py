@@ -499,6 +499,21 @@ def test_upgrad_and_dualproj_equal_a_primal_projection_solver(m) -> None:
         torch.testing.assert_close(DualProj().weights(k) @ g, primal_projection(g, g.mean(dim=0)), atol=1e-7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("zero", [0, 1])
+def test_two_loss_dual_cone_weights_keep_their_bounds_when_one_gradient_is_zero(zero) -> None:
+    """argmin_{v >= u} vᵀ K v with K = 4·e_i e_iᵀ (the other gradient zero): vᵀKv = 4 v_i² does not depend on the
+    zero gradient's weight, so v = u is optimal; the zero gradient, (K u) = 0 there, releases no bound."""
+    from uda.harmonizers.dual_cone import dual_cone_weights
+
+    live = 1 - zero
+    k = torch.zeros(2, 2, dtype=torch.float64)
+    k[live, live] = 4.0
+    lower = torch.tensor([[1.0, 1.0], [0.5, 2.0], [2.0, 0.25]], dtype=torch.float64)
+    v = dual_cone_weights(k, lower)
+    assert (v >= lower).all()  # feasible
+    torch.testing.assert_close(torch.einsum("ri,ij,rj->r", v, k, v), 4.0 * lower[:, live] ** 2)  # the minimum
+
+
 def test_dual_cone_solvers_refuse_too_many_losses_and_bad_ridges() -> None:
     with pytest.raises(ValueError, match="up to 10 losses"):
         UPGrad().weights(torch.eye(11, dtype=torch.float64))
