@@ -302,6 +302,8 @@ def test_grad_stats_small_gradients_orthogonal_pairs_and_a_zero_update_are_not_c
         g + torch.tensor([[0.0, 0.0], [1e-3, 0.0]]), [1.0] * 2, [1.0] * 2, torch.eye(2), ((0, 1),)
     )
     torch.testing.assert_close(tilted.cos(), torch.tensor(5**-0.5, dtype=torch.float64))  # ‖g1‖‖g2‖ ≈ 2e-6
+    # d = g1 + g2 = (2e-3, 2e-3): cos(d, g1) = 1/√2, cos(d, g2) = 6e-6 / (2√2e-3 · √5e-3) = 3/√10 (‖d‖‖g_i‖ < 1)
+    torch.testing.assert_close(tilted.update_cos(), torch.tensor([2**-0.5, 3 * 10**-0.5], dtype=torch.float64))
     zero_update = stats_from_vectors(g, [0.0, 0.0], [1.0, 1.0], torch.eye(2), ((0, 1),))
     assert zero_update.conflict_after().item() == 0.0
     zero_gradient = stats_from_vectors(g * torch.tensor([[1.0], [0.0]]), [1.0] * 2, [1.0] * 2, torch.eye(2), ((0, 1),))
