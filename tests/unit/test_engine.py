@@ -282,6 +282,10 @@ def test_grad_stats_zero_gradients_give_zero_cosines_not_nan() -> None:
     assert stats.update_cos().tolist() == [0.0, 1.0]
     still = stats_from_vectors(g, [0.0, 0.0], [1.0, 1.0], torch.eye(2), ((0, 1),))  # d = 0
     assert still.update_cos().tolist() == [0.0, 0.0] and still.update_norm.item() == 0.0
+    # g2 = -0.7 g1 and w = (1, 1/0.7): d = 0, yet in rounding wᵀKw < 0 (clamped to ‖d‖ = 0) and (K w)_2 = -4e-16
+    g = torch.tensor([[1.0, 2.0], [-0.7, -1.4]], dtype=torch.float64)
+    cancelled = stats_from_vectors(g, [1.0, 1 / 0.7], [1.0, 1.0], torch.eye(2), ((0, 1),))
+    assert cancelled.update_norm.item() == 0.0 and cancelled.update_cos().tolist() == [0.0, 0.0]
 
 
 def test_conflict_after_looks_only_at_harmonized_losses() -> None:

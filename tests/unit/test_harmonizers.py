@@ -477,6 +477,16 @@ def test_dbmtl_wants_one_lower_bound_per_loss_and_names_itself() -> None:
         DBMTL(min_losses=[0.0, 0.0, 0.0]).weights(k, torch.ones(2, dtype=torch.float64))
 
 
+def test_a_harmonizer_called_as_a_function_passes_the_loss_values_on() -> None:
+    """DB-MTL's first step, called as h(K, L): norms (2, 1), losses (1, 0.25), so the log-loss gradient norms are
+    n = (2, 4), the running average (1 − β) n = (1, 2) at β = 0.5, and tau_i = max_j n̄_j / ‖g_i‖ = (1, 2)."""
+    from uda.harmonizers import DBMTL
+
+    k = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    tau = DBMTL(beta=0.5)(k, torch.tensor([1.0, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(tau, torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("alpha", [0.2, 2.0, 5.0])
 @pytest.mark.parametrize("m", [2])  # m = 3 raises numpy's LinAlgError in the Newton solver (reported)
 def test_fairgrad_falls_back_to_the_plain_sum_when_no_fair_weights_exist(m: int, alpha: float) -> None:
