@@ -121,7 +121,8 @@ class GradStats:
         return (self.pair_gram[i, j] < -tol).to(self.gram.dtype)
 
 
-def _as_param_list(params: Iterable[Tensor]) -> list[Tensor]:
+def trainable_params(params: Iterable[Tensor]) -> list[Tensor]:
+    """The parameters that require a gradient, each once, in first-seen order."""
     out, seen = [], set()
     for p in params:
         if p.requires_grad and id(p) not in seen:
@@ -307,7 +308,7 @@ def harmonized_backward(
     Returns:
         :class:`GradStats` with the Gram matrix, tau and coefficients (all detached, no host sync).
     """
-    params = _as_param_list(params)
+    params = trainable_params(params)
     if not params:
         raise ValueError("harmonized_backward needs at least one parameter that requires grad")
     m = len(losses)
@@ -322,7 +323,7 @@ def harmonized_backward(
     #   [Gram scope ∩ params | Gram scope only (probed, not updated) | params outside the scope]
     # The Gram scope may include parameters that this step does not update (MCD step B takes the Gram
     # over the generator while only the classifiers step).
-    scope = params if gram_params is None else _as_param_list(gram_params)
+    scope = params if gram_params is None else trainable_params(gram_params)
     scope_ids, param_ids = {id(p) for p in scope}, {id(p) for p in params}
     updated_scope = [p for p in scope if id(p) in param_ids]
     probe_only = [p for p in scope if id(p) not in param_ids]
@@ -465,9 +466,9 @@ def three_pass_backward(
     backward(Σ_i coef_i tau_i L_i) over the retained graph: m + 1 backward passes. Leaves the result in
     ``p.grad`` (which it overwrites) and returns tau.
     """
-    params = _as_param_list(params)
-    scope = params if gram_params is None else _as_param_list(gram_params)
-    touched = _as_param_list([*params, *scope])
+    params = trainable_params(params)
+    scope = params if gram_params is None else trainable_params(gram_params)
+    touched = trainable_params([*params, *scope])
     trade_offs = [1.0] * len(losses) if trade_offs is None else list(trade_offs)
     rows = []
     for loss in losses:

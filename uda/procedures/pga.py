@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from uda.errors import ConfigError
-from uda.harmonizers.engine import GradStats, gram_matrix
+from uda.harmonizers.engine import GradStats, gram_matrix, trainable_params
 
 #: the official ε in every normalization (``LA/main.py``: ``torch.norm(g) + 1e-12``)
 EPS = 1e-12
@@ -56,15 +56,6 @@ def check_pga_settings(radius: float, align: float) -> None:
             f"PGA's align a={align} is invalid: it must be >= 0 (official Office-Home: 1, ImageCLEF: 10; 0 turns the "
             "alignment term off)"
         )
-
-
-def _unique(params: Iterable[Tensor]) -> list[Tensor]:
-    out, seen = [], set()
-    for p in params:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 def _flat_grad(loss: Tensor, params: Sequence[Tensor], retain_graph: bool) -> Tensor:
@@ -139,8 +130,8 @@ def pga_backward(
     unknown = sorted(set(private) - set(names)) + sorted(set(trade_offs) ^ set(names))
     if unknown:
         raise ValueError(f"private parameters and trade-offs must name exactly the losses {names}; got {unknown}")
-    shared_params = _unique(shared)
-    private_params = {n: _unique(private.get(n, ())) for n in names}
+    shared_params = trainable_params(shared)
+    private_params = {n: trainable_params(private.get(n, ())) for n in names}
     owner: dict[int, str] = {id(p): "shared" for p in shared_params}
     for n in names:
         for p in private_params[n]:
