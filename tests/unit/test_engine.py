@@ -228,6 +228,21 @@ def test_feature_space_gram_is_over_feature_gradients(cdan) -> None:
     torch.testing.assert_close(stats.gram, expected)
 
 
+@pytest.mark.parametrize("trade_off_before", [False, True])
+def test_feature_space_pair_geometry_follows_where_the_trade_offs_apply(cdan, trade_off_before) -> None:
+    """With no harmonization (A = I) the harmonized pair is the pair the harmonizer saw: the raw feature gradients,
+    or coef_i·dL_i/dz when the trade-offs apply before harmonization; its Gram matrix is formed here by hand."""
+    model, batch = cdan
+    losses, z = feature_losses(model, batch)
+    gz = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].flatten() for loss in losses])
+    coefs = torch.tensor([0.5, 3.0])
+    seen = gz * coefs[:, None] if trade_off_before else gz
+    stats = feature_space_backward(
+        losses, z, NoHarmonizer(), trade_offs=coefs.tolist(), trade_off_before=trade_off_before
+    )
+    torch.testing.assert_close(stats.pair_gram, seen @ seen.T)
+
+
 def stats_from_vectors(g: torch.Tensor, tau, coefs, pair, groups, weighted=False) -> GradStats:
     return GradStats(
         gram=g @ g.T,

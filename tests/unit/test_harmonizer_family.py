@@ -523,6 +523,37 @@ def test_dual_cone_solvers_refuse_too_many_losses_and_bad_ridges() -> None:
         assert cls(reg_eps=0.0).reg_eps == 0.0  # the edge is allowed (no ridge)
 
 
+def test_exact_dual_cone_solver_works_in_float64_and_returns_the_callers_dtype() -> None:
+    """The enumeration is done in float64 whatever the input (its docstring): float32 inputs give exactly the
+    float64 answer of the same (float32-representable) numbers, rounded once at the end, in float32."""
+    from uda.harmonizers.dual_cone import dual_cone_weights_exact
+
+    k32 = gram(random_grads(4, seed=3, conflict=True)).float()
+    lower32 = torch.tensor([[0.25] * 4, [1.0, 0.5, 0.125, 2.0]], dtype=torch.float32)
+    v32 = dual_cone_weights_exact(k32, lower32)
+    v64 = dual_cone_weights_exact(k32.double(), lower32.double())
+    assert v32.dtype == torch.float32 and v64.dtype == torch.float64
+    assert torch.equal(v32, v64.float())
+
+
+def test_exact_dual_cone_solver_takes_exactly_up_to_ten_losses() -> None:
+    """m = 10 is the largest accepted size; its answer is the projection's optimum: v >= u, the projected
+    direction opposes no gradient (K v >= 0) and a released bound has a zero inner product (KKT)."""
+    from uda.harmonizers.dual_cone import dual_cone_weights_exact
+
+    k = gram(random_grads(10, seed=0, conflict=True))
+    lower = torch.full((1, 10), 0.1, dtype=torch.float64)
+    v = dual_cone_weights_exact(k, lower)[0]
+    kv = k @ v
+    assert (v >= lower[0]).all()
+    assert (kv >= -1e-9 * k.abs().max()).all()
+    released = v > lower[0] + 1e-12
+    assert released.any()  # the random conflicting gradients put y = mean outside the dual cone
+    torch.testing.assert_close(kv[released], torch.zeros_like(kv[released]), rtol=0, atol=1e-9 * k.abs().max().item())
+    with pytest.raises(ValueError, match="up to 10 losses"):
+        dual_cone_weights_exact(gram(random_grads(11, seed=0)), torch.full((1, 11), 0.1, dtype=torch.float64))
+
+
 # ------------------------------------------------------------------------------------------------------
 # FairGrad: K w = w^(-1/alpha)
 # ------------------------------------------------------------------------------------------------------

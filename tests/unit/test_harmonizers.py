@@ -593,6 +593,23 @@ def test_famo_first_step_weights_are_the_normalized_inverse_shifted_losses() -> 
     torch.testing.assert_close(tau, inverse / inverse.sum())
 
 
+def test_famo_checkpoints_nothing_before_its_first_step_and_its_logits_after() -> None:
+    """A run checkpointed before FAMO's first step (e.g. resumed at iteration 0) saves no state; after a step the
+    state is on the CPU and restores into a fresh instance, which then gives the same next weights."""
+    from uda.harmonizers import FAMO
+
+    fresh = FAMO()
+    assert fresh.state_dict() == {}
+    k = torch.eye(2, dtype=torch.float64)
+    fresh.weights(k, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    saved = fresh.state_dict()
+    assert saved and all(v.device.type == "cpu" for v in saved.values())
+    restored = FAMO()
+    restored.load_state_dict(saved)
+    losses = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(restored.weights(k, losses), fresh.weights(k, losses), rtol=0, atol=0)
+
+
 def test_famo_falls_back_to_the_plain_sum_when_a_loss_is_below_its_bound() -> None:
     from uda.harmonizers import FAMO
 

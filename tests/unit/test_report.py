@@ -186,6 +186,15 @@ def test_failed_runs_are_counted_and_listed_under_the_table(study: Path, capsys)
     assert DIGITS_LAST in out  # the failed runs change no row
 
 
+def test_a_failed_runs_message_in_another_encoding_is_listed_not_fatal(study: Path, capsys) -> None:
+    """error.txt written by a tool in Latin-1 (or cut mid-character) is not valid UTF-8: the report still lists
+    the run, with the undecodable byte shown as U+FFFD, instead of stopping on a UnicodeDecodeError."""
+    (study / "latin").mkdir()
+    (study / "latin" / "error.txt").write_bytes(b"dataset.root=/data/caf\xe9 is missing\n")
+    main([str(study)])
+    assert "- `latin`: dataset.root=/data/caf\ufffd is missing" in capsys.readouterr().out
+
+
 def _lambda_sweep(root: Path) -> None:
     for lam, accs in ((0.1, (0.90, 0.92)), (0.5, (0.94, 0.96)), (0.9, (0.91, 0.91))):
         for seed, acc in enumerate(accs):

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.unit.test_report import fake_run
 from uda.report import collect, main
 from uda.report.curves import plot_learning_curves, read_curve
-from uda.report.paired import paired_differences, paired_interval, t_975
+from uda.report.paired import Interval, PairedDifference, paired_differences, paired_interval, paired_markdown, t_975
 
 
 def test_t_quantiles_match_the_printed_table(monkeypatch) -> None:
@@ -41,6 +41,33 @@ def test_paired_interval_by_hand() -> None:
     assert resolved.resolved
     single = paired_interval([0.5])
     assert single.n == 1 and single.mean == 0.5 and math.isnan(single.low) and not single.resolved
+
+
+def test_paired_section_is_a_markdown_table_with_signed_points_and_dashes_for_missing_intervals() -> None:
+    """The section exactly as a reader sees it: title, how it is computed, one row per comparison; the mean is
+    signed, the std is not, and a single common seed has no std and no interval (a dash, not 'nan')."""
+    nan = float("nan")
+    differences = [
+        PairedDifference(
+            "digits",
+            "fonts→mnist",
+            "cdan + gh",
+            "cdan + none",
+            (0, 1, 2, 3, 4),
+            Interval(5, -1.0, 0.1414, -1.17557, -0.82443),
+        ),
+        PairedDifference("digits", "fonts→mnist", "cdan + ghpp", "cdan + none", (2,), Interval(1, 0.5, nan, nan, nan)),
+    ]
+    assert paired_markdown(differences, "source_val") == (
+        "## Paired differences over seeds\n\n"
+        "Target accuracy of each method minus its reference on the same seeds (model selection: `source_val`), "
+        "in points: mean, sample std and Student's paired 95 % t interval (mean ± t_0.975,n−1 · std/√n). "
+        "A difference is called real only when its interval excludes 0.\n\n"
+        "| task | method | minus | n | seeds | mean diff | std | 95 % interval | verdict |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| fonts→mnist | cdan + gh | cdan + none | 5 | 0,1,2,3,4 | -1.00 | 0.14 | [-1.18, -0.82] | real: lower |\n"
+        "| fonts→mnist | cdan + ghpp | cdan + none | 1 | 2 | +0.50 | – | – | no interval (fewer than 2 common seeds) |"
+    )
 
 
 def _study(root: Path) -> None:
