@@ -332,16 +332,15 @@ def test_two_loss_weights_never_read_device_values_on_the_host(cls) -> None:
 def test_weights_stay_on_the_gram_device_also_after_restoring_a_cpu_checkpoint(cls) -> None:
     """Resuming on a GPU: the state comes back from the checkpoint on the CPU and the Gram matrix is on the device.
     The meta device stands in for CUDA (shapes and dtypes, no data): a tensor left on the CPU (the restored
-    state, or a constant built without the Gram's device) raises when mixed with it, as it would on CUDA. One
-    and two losses (the host-sync-free paths). GradVac runs from a fresh state only: a restored target stays on
-    the host (the step's flag is copied there), which the meta device, having no data, cannot do."""
+    state, or a constant built without the Gram's device) raises when mixed with it, as it would on CUDA, and a
+    device-to-host copy (a flag read on the CPU every step) raises too, since meta tensors have no data. One and
+    two losses (the host-sync-free paths)."""
     for m in [2] if cls.num_losses == 2 else [1, 2]:
         restored = cls()
-        if cls is not GradVac:
-            trained = cls()
-            for seed in range(2):
-                tau(trained, gram(random_grads(m, seed=seed, conflict=m > 1)), loss_values(m, seed))
-            restored.load_state_dict(trained.state_dict())
+        trained = cls()
+        for seed in range(2):
+            tau(trained, gram(random_grads(m, seed=seed, conflict=m > 1)), loss_values(m, seed))
+        restored.load_state_dict(trained.state_dict())
         k = gram(random_grads(m, seed=2, conflict=m > 1)).float().to("meta")
         for _ in range(2):  # the second call reads the state the first one committed
             weights = tau(restored, k, loss_values(m).float().to("meta"))

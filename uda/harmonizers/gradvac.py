@@ -61,12 +61,15 @@ class GradVac(Harmonizer):
         return torch.stack(rows)
 
     def coefficients(self, gram: Tensor) -> Tensor:
-        previous = self.target
+        # a target restored from a checkpoint is on the CPU: bring it to the Gram matrix's device once, so the
+        # step's flag is never copied to the host (which would synchronise every step of a resumed GPU run)
+        previous = None if self.target is None else self.target.to(gram.device)
+        self.target = previous
         a = super().coefficients(gram)
         if previous is not None:
             # a step the base class rejects (non-finite Gram matrix, zero gradient) leaves the targets alone
             usable = torch.isfinite(gram).all() & (torch.diagonal(gram) > 0).all()
-            self.target = torch.where(usable.to(previous.device), self.target.to(previous), previous)
+            self.target = torch.where(usable, self.target.to(previous), previous)
         return a
 
     def state_dict(self) -> dict[str, Any]:
