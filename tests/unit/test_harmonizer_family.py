@@ -556,6 +556,31 @@ def test_exact_dual_cone_solver_takes_exactly_up_to_ten_losses() -> None:
 # ------------------------------------------------------------------------------------------------------
 # FairGrad: K w = w^(-1/alpha)
 # ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("m", "dim"), [(4, 2), (5, 3), (8, 4)])
+def test_fairgrad_with_more_losses_than_gradient_dimensions_solves_exactly_when_a_common_descent_exists(m, dim) -> None:
+    """A singular K (m gradients in fewer dimensions). K w = w^(−1/α) with w > 0 gives d = Gᵀw with G d > 0, so a
+    solution needs a direction that decreases every loss; whether one exists is decided independently by a
+    linear program (G d >= 1). Where it exists the weights solve the equations; where it does not, the step
+    falls back to the plain sum (tau = 1) instead of raising from a singular Newton system."""
+    from scipy.optimize import linprog
+
+    outcomes = set()
+    for seed in range(12):
+        g = torch.randn(m, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        k = g @ g.T
+        exists = (
+            linprog([0.0] * dim, A_ub=-g.numpy(), b_ub=-torch.ones(m).numpy(), bounds=[(None, None)] * dim).status == 0
+        )
+        for alpha in (0.5, 2.0):
+            w = FairGrad(alpha).weights(k)
+            if exists:
+                torch.testing.assert_close(k @ w, w ** (-1.0 / alpha), rtol=1e-6, atol=0)
+            else:
+                assert w.tolist() == [1.0] * m
+        outcomes.add(exists)
+    assert outcomes == {True, False}  # both cases occur among the seeds
+
+
 def test_fairgrad_with_alpha_one_is_nash_mtl() -> None:
     for seed in range(30):
         k = gram(random_grads(2, seed=seed, conflict=seed % 2 == 0))

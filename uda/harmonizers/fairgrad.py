@@ -74,7 +74,12 @@ def _solve_newton(gram: Tensor, p: float, max_iter: int = 200) -> Tensor:
         grad = k @ w - target
         if np.abs(grad).max() <= 1e-14 * target.max():  # K w = w^(−p) to rounding
             break
-        step = np.linalg.solve(k + np.diag(p * w ** (-p - 1.0)), grad)
+        try:
+            step = np.linalg.solve(k + np.diag(p * w ** (-p - 1.0)), grad)
+        except np.linalg.LinAlgError:
+            # the Hessian is singular only when some w_i has grown until p·w_i^(−p−1) vanished beside a
+            # singular K: the weights diverge (no solution); the residual check below then falls back
+            break
         decrement = float(grad @ step)  # the squared Newton decrement: F(w) − min F ≈ decrement / 2
         shrinking = step > 0
         t = min(1.0, 0.99 * float((w[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
