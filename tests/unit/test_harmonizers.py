@@ -536,6 +536,53 @@ def cagrad_dual_objective(w: torch.Tensor, k: torch.Tensor, c: float) -> torch.T
     return w @ k @ b + c * g0 * torch.sqrt(torch.clamp(((w @ k) * w).sum(-1), min=0.0))
 
 
+def cagrad_two_loss_optimum(k: torch.Tensor, c: float) -> float:
+    """x* = argmin_{x ∈ [0, 1]} F(x, 1 − x) by bisection on the analytic derivative, F convex:
+    F'(x) = (K b)_1 − (K b)_2 + c‖g0‖ ((K w)_1 − (K w)_2) / sqrt(wᵀ K w), w = (x, 1 − x)."""
+    kb = k @ torch.full((2,), 0.5, dtype=k.dtype)
+    g0 = torch.sqrt(k.sum() / 4)
+
+    def slope(x: float) -> float:
+        w = torch.tensor([x, 1 - x], dtype=k.dtype)
+        kw = k @ w
+        return (kb[0] - kb[1] + c * g0 * (kw[0] - kw[1]) / torch.sqrt(w @ kw)).item()
+
+    if slope(0.0) >= 0:
+        return 0.0
+    if slope(1.0) <= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("c", [0.2, 1.0, 2.0])
+def test_cagrad_with_two_losses_minimizes_its_dual_on_the_segment(seed: int, c: float) -> None:
+    """Two losses: the on-device grid search (3 zooms of 1001 points, so about 4e-9 in x) against the optimum
+    found by bisection on the dual's derivative; w is recovered from tau (no rescale) as the normalized tau − 1/2,
+    and tau must be 1/2 + (c‖g0‖/‖g_w‖) w, divided by 1 + c² with the rescale."""
+    from uda.harmonizers import CAGrad
+
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    g[1] = -0.7 * g[0] * (seed + 1) + 0.4 * g[1]  # conflicting, of different norms
+    k = g @ g.T
+    tau = CAGrad(c_a=c, rescale=False).weights(k)
+    w = (tau - 0.5) / (tau - 0.5).sum()
+    best = cagrad_two_loss_optimum(k, c)
+    if c == 2.0:
+        assert 0.0 < best < 1.0  # a large radius: interior optima (the small ones sit on a bound)
+    assert abs(w[0].item() - best) <= 1e-8
+    w_best = torch.tensor([best, 1 - best], dtype=torch.float64)
+    g0 = torch.sqrt(k.sum() / 4)
+    expected = 0.5 + c * g0 / torch.sqrt(w_best @ k @ w_best) * w_best
+    torch.testing.assert_close(tau, expected, rtol=1e-7, atol=0)
+    torch.testing.assert_close(CAGrad(c_a=c).weights(k), expected / (1 + c**2), rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cagrad_with_three_losses_minimizes_its_dual_over_the_simplex(seed: int) -> None:
     """The weights solve min_{w ∈ Δ} F(w) (brute force on a grid of step 1/300): tau = 1/m + (c‖g0‖/‖g_w‖) w, so
