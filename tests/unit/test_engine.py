@@ -10,6 +10,7 @@ from uda.baselines import CDAN, UDABatch
 from uda.harmonizers import (
     GH,
     GHPP,
+    MGDA,
     GradStats,
     NoHarmonizer,
     feature_space_backward,
@@ -341,3 +342,139 @@ def test_pair_conflict_tolerance_is_relative_to_the_weighted_terms(epsilon, weig
     a = 0.05 - epsilon if weighted else 0.5 - 50 * epsilon  # the same -1e-4·(ε / 5e-7) deficit unweighted
     stats = stats_from_vectors(g, [1.0, 1.0], [1.0, 10.0], [[1.0, a], [0.0, 1.0]], ((0, 1),), weighted)
     assert stats.pair_conflict_after().item() == expected
+
+
+# ------------------------------------------------------------------------------------------------------
+# feature_space_backward on a model small enough to differentiate by hand: z = x W (n samples, k features)
+# and linear/quadratic heads on z, so every per-loss feature gradient dL_i/dz, the Gram matrix over them and
+# the parameter gradient dL/dW = xᵀ dL/dz are written in closed form here.
+# ------------------------------------------------------------------------------------------------------
+HAND_N, HAND_D, HAND_K = 5, 4, 3
+
+
+def hand_problem():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(HAND_N, HAND_D, generator=gen, dtype=torch.float64)
+    w = torch.randn(HAND_D, HAND_K, generator=gen, dtype=torch.float64)
+    u = torch.randn(3, HAND_K, generator=gen, dtype=torch.float64)
+    u[1] = -u[0] + 0.3 * u[1]  # the first two heads pull the features in conflicting directions
+    return x, w, u
+
+
+def hand_losses_and_features(x, w, u, dtype=torch.float64):
+    """L1 = Σ_s z_s·u1, L2 = ½ Σ_s (z_s·u2)², L3 = Σ_s z_s·u3, with z = x W (in ``dtype``)."""
+    weight = w.clone().requires_grad_(True)
+    z = (x @ weight).to(dtype)
+    zz = z.to(torch.float64)
+    losses = [(zz @ u[0]).sum(), 0.5 * ((zz @ u[1]) ** 2).sum(), (zz @ u[2]).sum()]
+    return weight, z, losses
+
+
+def hand_feature_gradients(x, w, u) -> torch.Tensor:
+    """dL_i/dz by hand, flattened: rows u1, (z_s·u2) u2, u3 for every sample s."""
+    z = x @ w
+    rows = [u[0].expand(HAND_N, HAND_K), (z @ u[1])[:, None] * u[1], u[2].expand(HAND_N, HAND_K)]
+    return torch.stack([r.reshape(-1) for r in rows])
+
+
+def test_gram_and_parameter_gradient_match_the_hand_derivation() -> None:
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    coefs = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    stats = feature_space_backward(losses[:2], z, MGDA(), trade_offs=coefs.tolist())
+    gz = hand_feature_gradients(x, w, u)[:2]
+    gram = gz @ gz.T
+    torch.testing.assert_close(stats.gram, gram)
+    # trade-offs after harmonization (the default): MGDA sees the raw Gram matrix
+    torch.testing.assert_close(stats.tau, MGDA().weights(gram))
+    update = (coefs * stats.tau) @ gz  # d = Σ_i coef_i tau_i dL_i/dz
+    torch.testing.assert_close(weight.grad, x.T @ update.view(HAND_N, HAND_K))
+    assert stats.space == "features" and stats.groups == ((0, 1),) and not stats.trade_off_before
+    torch.testing.assert_close(stats.update_weights, coefs * stats.tau)
+    assert stats.conflict().item() == float(gram[0, 1] < 0) == 1.0
+    assert stats.conflict_after().item() == float(((gz @ update) < -1e-12).any())
+
+
+def test_trade_offs_before_harmonization_give_the_harmonizer_the_weighted_gram() -> None:
+    """MGDA is not scale-invariant, so whether it sees coef_i·g_i shows in its weights."""
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    coefs = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    stats = feature_space_backward(losses[:2], z, MGDA(), trade_offs=coefs.tolist(), trade_off_before=True)
+    gz = hand_feature_gradients(x, w, u)[:2]
+    weighted = gz * coefs[:, None]
+    torch.testing.assert_close(stats.tau, MGDA().weights(weighted @ weighted.T))
+    assert not torch.allclose(stats.tau, MGDA().weights(gz @ gz.T))  # the two placements differ here
+    torch.testing.assert_close(weight.grad, x.T @ (stats.tau @ weighted).view(HAND_N, HAND_K))
+    assert stats.trade_off_before
+
+
+def test_a_scaled_backward_is_unscaled_for_the_gram_and_a_reduction_is_applied() -> None:
+    """A float16 GradScaler: the per-loss gradients are taken of the scaled losses and divided by the scale
+    for the Gram matrix; the parameter gradients stay scaled (the scaler unscales them). A DDP reduction of the
+    Gram matrix (here doubling it) is what the harmonizer sees."""
+    x, w, u = hand_problem()
+    scale = 1024.0
+    gz = hand_feature_gradients(x, w, u)[:2]
+    gram = gz @ gz.T
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    stats = feature_space_backward(
+        losses[:2], z, NoHarmonizer(), loss_scale=scale, backward=lambda total: (total * scale).backward()
+    )
+    torch.testing.assert_close(stats.gram, gram)
+    torch.testing.assert_close(weight.grad, scale * (x.T @ gz.sum(0).view(HAND_N, HAND_K)))
+    seen = []
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    stats = feature_space_backward(losses[:2], z, NoHarmonizer(), reduce_gram=lambda g: seen.append(g) or 2.0 * g)
+    torch.testing.assert_close(seen[0], gram)
+    torch.testing.assert_close(stats.gram, 2.0 * gram)
+
+
+def test_a_group_leaves_the_other_losses_unharmonized() -> None:
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    stats = feature_space_backward(losses, z, GH(), groups=[(0, 1)])
+    gz = hand_feature_gradients(x, w, u)
+    assert stats.groups == ((0, 1),)
+    assert stats.tau[2].item() == 1.0 and stats.tau[0].item() != 1.0  # GH acts on the conflicting pair only
+    torch.testing.assert_close(stats.tau[:2], GH().weights(gz[:2] @ gz[:2].T))
+    torch.testing.assert_close(weight.grad, x.T @ (stats.tau @ gz).view(HAND_N, HAND_K))
+    assert stats.conflict_after().item() == 0.0  # GH removes the pair's conflict; loss 3 is not in the group
+
+
+def test_losses_that_do_not_reach_the_features_have_zero_rows() -> None:
+    """A regularizer on the weights only (requires grad, no path through z) and a constant (no grad at all)."""
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    regularizer = (weight**2).sum()
+    constant = torch.tensor(3.0, dtype=torch.float64)
+    stats = feature_space_backward([losses[0], regularizer, constant], z, NoHarmonizer())
+    gz = hand_feature_gradients(x, w, u)[0]
+    expected = torch.zeros(3, 3, dtype=torch.float64)
+    expected[0, 0] = gz @ gz
+    torch.testing.assert_close(stats.gram, expected)
+    torch.testing.assert_close(weight.grad, x.T @ gz.view(HAND_N, HAND_K) + 2.0 * w)
+
+
+@pytest.mark.parametrize("tau_applies_to", ["all", "gram_params"])
+def test_low_precision_features_give_a_float32_gram_and_full_precision_stays(tau_applies_to) -> None:
+    """Under autocast the features are bfloat16: the geometry is computed in float32, and the hook that
+    reweights the gradient entering the extractor returns it in the features' dtype (autograd refuses another)."""
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u, dtype=torch.bfloat16)
+    stats = feature_space_backward(losses[:2], z, GH(), tau_applies_to=tau_applies_to)
+    assert stats.gram.dtype == torch.float32
+    gz = hand_feature_gradients(x, w, u)[:2]
+    torch.testing.assert_close(stats.gram, (gz @ gz.T).float(), rtol=0.05, atol=0.05 * gz.norm().item() ** 2)
+    assert torch.isfinite(weight.grad).all()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    assert feature_space_backward(losses[:2], z, GH(), tau_applies_to=tau_applies_to).gram.dtype == torch.float64
+
+
+def test_no_losses_or_detached_features_are_refused() -> None:
+    x, w, u = hand_problem()
+    _, z, losses = hand_losses_and_features(x, w, u)
+    with pytest.raises(ValueError, match="^feature_space_backward needs at least one loss$"):
+        feature_space_backward([], z, GH())
+    with pytest.raises(ValueError, match="^the shared features must be part of the autograd graph$"):
+        feature_space_backward(losses[:2], z.detach(), GH())
