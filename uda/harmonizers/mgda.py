@@ -59,6 +59,11 @@ class MGDA(Harmonizer):
     tau are convex weights (sum 1), so d is on the mean-gradient scale rather than the sum scale of GH.
     If d ≠ 0 it is a common descent direction: d·g_i ≥ ‖d‖² > 0 for every i (never conflicts).
     Two losses use the closed form (no host sync); up to 10 losses an exact small solver on the CPU.
+
+    Scale matters: the min-norm point sits next to the smallest gradient. With a GRL warm-up (DANN, CDAN)
+    the alignment gradient starts near zero, so d ≈ 0 and the classifier never trains: CDAN+E + MGDA on
+    fonts → MNIST (seed 0) ended at 10 % source and target accuracy, tau ≈ (1, 0) throughout
+    (benchmarks/results/fonts_study/README.md).
     """
 
     name = "mgda"
