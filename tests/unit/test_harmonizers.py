@@ -657,6 +657,31 @@ def test_famo_checkpoints_nothing_before_its_first_step_and_its_logits_after() -
     torch.testing.assert_close(restored.weights(k, losses), fresh.weights(k, losses), rtol=0, atol=0)
 
 
+def test_famo_logits_follow_torch_adam_on_the_softmax_jacobian_product() -> None:
+    """The official FAMO step, rebuilt from torch parts: δ = log L̃_prev − log L̃ (L̃ = L − min + ε), the logit
+    gradient is the vector-Jacobian product of softmax with δ (autograd here), and torch.optim.Adam with
+    ``weight_decay=gamma`` takes the step; the weights are then softmax(ξ)_i / L̃_i, normalized. The second
+    pair of losses differs by 1e-7, so the gradient is about 1e-8 and Adam's ε (1e-8) visibly matters."""
+    from uda.harmonizers import FAMO
+
+    h = FAMO(lr=0.025, gamma=0.01)
+    xi = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([xi], lr=0.025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    k = torch.eye(2, dtype=torch.float64)
+    previous = None
+    for values in ([1.0, 2.0], [1.0 + 1e-7, 2.0 - 1e-7], [0.9, 2.1], [0.5, 2.5]):
+        losses = torch.tensor(values, dtype=torch.float64)
+        shifted = losses + 1e-8
+        tau = h.weights(k, losses)
+        if previous is not None:
+            (xi.grad,) = torch.autograd.grad(torch.softmax(xi, 0), xi, grad_outputs=previous.log() - shifted.log())
+            adam.step()
+        inverse = torch.softmax(xi.detach(), 0) / shifted
+        torch.testing.assert_close(tau, inverse / inverse.sum(), rtol=1e-12, atol=0)
+        previous = shifted
+    assert not torch.allclose(xi.detach(), torch.zeros(2, dtype=torch.float64))  # the logits did move
+
+
 def test_famo_falls_back_to_the_plain_sum_when_a_loss_is_below_its_bound() -> None:
     from uda.harmonizers import FAMO
 
