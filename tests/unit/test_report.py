@@ -271,8 +271,105 @@ def test_paper_names_and_numbers() -> None:
     assert paper.accuracy("office31", "amazon→webcam", "dann", "none", None) is None
     # a subset of the paper's tasks: the mean of its per-task numbers (95.6 and 98.0), not its printed Avg
     assert paper.average("digits", ["mnist→usps", "usps→mnist"], "cdan", "none", None) == pytest.approx(96.8)
-    assert paper.average("digits", ["mnist→usps", "usps→mnist", "svhn→mnist"], "cdan", "none", None) == 94.3
+    digits = ["mnist→usps", "usps→mnist", "svhn→mnist"]
+    assert paper.average("digits", digits, "cdan", "none", None) == 94.3
+    assert paper.average("digits", digits, "dann", "none", None) is None  # the paper has no DANN row at all
+    assert paper.average("digits", digits, "cdan", "ghpp", 0.3) is None  # the paper's GH++ is λ = 0.5 only
     domainnet = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
     all_pairs = [f"{s}→{t}" for s in domainnet for t in domainnet if s != t]
     assert paper.average("domainnet", all_pairs, "cdan", "ghpp", 0.5) == 31.4  # the printed 30-task mean
     assert paper.average("domainnet", all_pairs[:2], "cdan", "ghpp", 0.5) is None
+
+
+SOURCE_VAL_CAPTION = (
+    "Model selection: `source_val` (the evaluation with the best accuracy on held-out source data (no target labels "
+    "used)). Target accuracy and conflict rates in %, mean ± sample std over seeds. conflict before: monitored steps "
+    "whose loss gradients meet at an obtuse angle; conflict after: steps whose applied (harmonized) update still "
+    "opposes one of them. s/iter: seconds per training iteration. paper: the accuracy reported in the GH paper "
+    "(TPAMI) for the same task, baseline and harmonizer (GH++ at its λ = 0.5). avg: mean over the dataset's tasks, "
+    "for methods with a result on all of them. Source accuracy for source_val measured on: 10 % of source train; "
+    "source test split (held out from training)."
+)
+
+VARIANTS_REPORT = f"""\
+# Results (model selection: source_val)
+
+{SOURCE_VAL_CAPTION}
+
+## digits
+
+| task | baseline | harmonizer | target acc (source_val) | paper | conflict before | conflict after | s/iter | seeds |
+|---|---|---|---|---|---|---|---|---|
+| mnist→usps | dann | gh | 90.0 | – | 40.0 | 0.0 | 0.0500 | 0 |
+| mnist→usps | cdan | none | 80.0 | 50.0 | 40.0 | 0.0 | 0.0500 | 0 |
+
+## office31
+
+| task | baseline | harmonizer | settings (where runs differ) | target acc (source_val) | paper | conflict before \
+| conflict after | s/iter | seeds |
+|---|---|---|---|---|---|---|---|---|---|
+| amazon→webcam | cdan | ghpp | engine.batched=True; engine.clip=2 | 72.0 | 60.0 | 40.0 | 0.0 | 0.0500 | 0 |
+| amazon→webcam | cdan | ghpp | engine.batched=–; engine.clip=1 | 70.0 (n=1) | 60.0 | 40.0 ± 0.0 | 0.0 ± 0.0 \
+| 0.0500 ± 0.0000 | 0,1 |
+| dslr→webcam | cdan | ghpp | – | 80.0 | 70.0 | 40.0 | 0.0 | 0.0500 | 0 |
+| avg | cdan | ghpp | engine.batched=–; engine.clip=1 | 75.0 | 65.0 | 40.0 | 0.0 | 0.0500 | mean of 2 tasks |
+
+Note: 1 of 6 finished runs have no `target_acc_source_val` (written before it existed); their target acc is left \
+out (n = runs averaged, – = none)."""
+
+
+def test_whole_report_with_variants_two_splits_a_two_task_average_and_a_given_paper(tmp_path: Path) -> None:
+    """The complete source_val report, written out by hand for six runs.
+
+    digits has one task (no avg row) and comes first, office31 has two (an avg row: (70 + 80) / 2, paper
+    (60 + 70) / 2 from the paper table passed in, not the packaged one). On amazon→webcam the same label
+    ``ghpp`` ran in two engine variants, so those rows name both differing settings ("–" where a run lacks
+    one) and the avg row of the variant that ran on both tasks names them too. One run predates source_val (the
+    n=1 cell and the note); one run names its source split in its results, the others in model_selection: both
+    splits are listed in the caption.
+    """
+    paper = PaperResults.parse(
+        "# a paper table made up for this test\n"
+        "dataset,task,baseline,harmonizer,accuracy\n"
+        "digits,M->U,cdan,none,50.0\n"
+        "office31,A->W,cdan,ghpp,60.0\n"
+        "office31,D->W,cdan,ghpp,70.0\n"
+    )
+    root = tmp_path / "runs"
+    fake_run(root, "a/cdan", harmonizer="none", target_acc_source_val=0.80)
+    fake_run(root, "a/dann", baseline="dann", target_acc_source_val=0.90, source_val_split="10 % of source train")
+    office = {"dataset": "office31", "harmonizer": "ghpp"}  # an older GH++ run: no λ recorded
+    aw, dw = {**office, "task": "amazon→webcam"}, {**office, "task": "dslr→webcam"}
+    fake_run(root, "b/aw1", **aw, engine={"clip": 1}, target_acc_source_val=0.70)
+    fake_run(root, "b/aw2", **aw, engine={"clip": 2, "batched": True}, target_acc_source_val=0.72)
+    fake_run(root, "b/aw3", **aw, engine={"clip": 1}, seed=1)  # written before source_val existed
+    fake_run(root, "b/dw1", **dw, engine={"clip": 1}, target_acc_source_val=0.80)
+    runs = collect(root)
+    assert markdown(aggregate(runs, "source_val", paper), runs) == VARIANTS_REPORT
+
+
+def test_rows_sort_by_baseline_then_harmonizer_then_lambda_by_value(tmp_path: Path) -> None:
+    """Row order on one task: the papers' baseline order (DANN before CDAN) before the harmonizer order (none
+    before GH), then GH++ by λ as a number (a run without λ first), although the label ``ghpp(lam=1e-05)`` sorts
+    after ``ghpp(lam=0.5)`` as text. The default selection is ``last``; an empty paper table gives no paper
+    number; an unknown selection is refused naming the valid ones."""
+    root = tmp_path / "runs"
+    fake_run(root, "a", baseline="dann", harmonizer="gh", target_acc_last=0.81)
+    fake_run(root, "b", harmonizer="none", target_acc_last=0.82)
+    fake_run(root, "c", harmonizer="ghpp", target_acc_last=0.83)  # an older run: no λ recorded
+    fake_run(root, "d", **GHPP(1e-05), target_acc_last=0.84)
+    fake_run(root, "e", **GHPP(0.5), target_acc_last=0.85)
+    runs = collect(root)
+    table = aggregate(runs, paper=PaperResults())
+    assert list(zip(table["baseline"], table["harmonizer"], strict=True)) == [
+        ("dann", "gh"),
+        ("cdan", "none"),
+        ("cdan", "ghpp"),
+        ("cdan", "ghpp(lam=1e-05)"),
+        ("cdan", "ghpp(lam=0.5)"),
+    ]
+    assert table["acc_mean"].tolist() == pytest.approx([81.0, 82.0, 83.0, 84.0, 85.0])
+    assert set(table["selection"]) == {"last"} and table["paper_acc"].isna().all()
+    with pytest.raises(ValueError) as refused:
+        aggregate(runs, "best", PaperResults())
+    assert str(refused.value) == "unknown model selection 'best'; choose one of last, best_target, source_val"

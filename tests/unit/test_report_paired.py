@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,7 +14,15 @@ from PIL import Image
 from tests.unit.test_report import fake_run
 from uda.report import collect, main
 from uda.report.curves import plot_learning_curves, read_curve
-from uda.report.paired import Interval, PairedDifference, paired_differences, paired_interval, paired_markdown, t_975
+from uda.report.paired import (
+    Interval,
+    PairedDifference,
+    paired_differences,
+    paired_frame,
+    paired_interval,
+    paired_markdown,
+    t_975,
+)
 
 
 def test_t_quantiles_match_the_printed_table(monkeypatch) -> None:
@@ -23,6 +32,7 @@ def test_t_quantiles_match_the_printed_table(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "scipy.stats", None)  # as if scipy were not installed: the table
     assert (t_975(2), t_975(4)) == (4.303, 2.776)
     assert t_975(35) == 2.042 and t_975(59) == 2.021 and t_975(500) == 1.980  # the next smaller df of the table
+    assert (t_975(40), t_975(60), t_975(120)) == (2.021, 2.000, 1.980)  # each row's own df reads that row
     with pytest.raises(ValueError, match="at least one degree of freedom"):
         t_975(0)
 
@@ -40,7 +50,10 @@ def test_paired_interval_by_hand() -> None:
     assert (resolved.low, resolved.high) == (pytest.approx(0.82443, abs=1e-4), pytest.approx(1.17557, abs=1e-4))
     assert resolved.resolved
     single = paired_interval([0.5])
-    assert single.n == 1 and single.mean == 0.5 and math.isnan(single.low) and not single.resolved
+    assert single.n == 1 and single.mean == 0.5 and not single.resolved
+    assert all(math.isnan(x) for x in (single.std, single.low, single.high))
+    empty = paired_interval([])
+    assert empty.n == 0 and all(math.isnan(x) for x in (empty.mean, empty.std, empty.low, empty.high))
 
 
 def test_paired_section_is_a_markdown_table_with_signed_points_and_dashes_for_missing_intervals() -> None:
@@ -94,6 +107,39 @@ def test_each_harmonizer_against_none_on_common_seeds(tmp_path: Path) -> None:
     assert set(differences) == {("cdan + gh", "cdan + none"), ("cdan + none", "source_only")}
 
 
+def test_paired_frame_by_hand_with_seeds_in_numeric_order_and_a_run_without_the_accuracy(tmp_path: Path) -> None:
+    """The paired.csv rows written out by hand for seeds 2 and 10 (listed in that order, as the results table
+    lists them). cdan + gh minus cdan + none: d = 1, 3 -> mean 2, std √2, half-width t(1) · √2 / √2 = t(1);
+    cdan + none minus source_only: d = 10, 11 -> mean 10.5, std √0.5, half-width t(1) · √0.5 / √2 = t(1) / 2.
+    A gh run of seed 5 without a last accuracy counts nowhere, and source_only (itself run with ``none``) is not
+    compared with itself. The default selection is ``last``."""
+    root = tmp_path / "runs"
+    for seed, none, gh, source in ((2, 0.90, 0.91, 0.80), (10, 0.92, 0.95, 0.81)):
+        fake_run(root, f"none{seed}", harmonizer="none", seed=seed, target_acc_last=none)
+        fake_run(root, f"gh{seed}", harmonizer="gh", seed=seed, target_acc_last=gh)
+        fake_run(root, f"so{seed}", baseline="source_only", harmonizer="none", seed=seed, target_acc_last=source)
+    fake_run(root, "gh5", harmonizer="gh", seed=5)
+    summary = json.loads((root / "gh5" / "summary.json").read_text())
+    (root / "gh5" / "summary.json").write_text(json.dumps({**summary, "target_acc_last": None}))
+    frame = paired_frame(paired_differences(collect(root)), "last")
+    t1 = 12.7062047  # t_0.975 with 1 degree of freedom
+    common = {"dataset": "digits", "task": "mnist→usps", "selection": "last", "n": 2, "seeds": "2,10"}
+    expected = [
+        {"method": "cdan + gh", "reference": "cdan + none", "mean_diff": 2.0, "std_diff": math.sqrt(2.0)},
+        {"method": "cdan + none", "reference": "source_only", "mean_diff": 10.5, "std_diff": math.sqrt(0.5)},
+    ]
+    expected[0].update(ci95_low=2.0 - t1, ci95_high=2.0 + t1, verdict="not resolved (interval includes 0)")
+    expected[1].update(ci95_low=10.5 - t1 / 2, ci95_high=10.5 + t1 / 2, verdict="real: higher")
+    assert list(frame.columns) == [
+        "dataset", "task", "method", "reference", "selection", "n", "seeds",
+        "mean_diff", "std_diff", "ci95_low", "ci95_high", "verdict",
+    ]  # fmt: skip
+    assert len(frame) == len(expected)
+    for (_, row), want in zip(frame.iterrows(), expected, strict=True):
+        for column, value in {**common, **want}.items():
+            assert row[column] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value), column
+
+
 def test_report_ends_with_the_paired_section_and_writes_paired_csv(tmp_path: Path, capsys) -> None:
     _study(tmp_path / "runs")
     main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
@@ -137,3 +183,41 @@ def test_learning_curve_joins_evaluations_to_iterations(tmp_path: Path) -> None:
     assert "no learning curves" in plot_learning_curves(
         collect(tmp_path / "bare"), tmp_path / "bare", tmp_path / "x.png"
     )
+
+
+def test_learning_curve_skips_logs_of_attempts_that_left_no_evaluation(tmp_path: Path) -> None:
+    """A resumed run's earlier attempts can leave a log with nothing to read: an empty file (killed before its
+    first write), a log without the needed columns, a log killed before its first evaluation. Each is skipped
+    and the curve comes from the log that has evaluations, whose only columns are the three needed ones; the
+    curve has exactly the columns ``iteration`` (integers) and ``target_acc``, indexed from 0. A run whose log
+    has evaluations but no training iteration to place them at has no curve."""
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / "csv" / "metrics.before_resume_1.csv").write_text("")
+    pd.DataFrame({"step": [0, 1], "train/loss": [1.0, 0.5]}).to_csv(run / "csv" / "metrics.before_resume_2.csv")
+    _metrics(run / "csv" / "metrics.before_resume_3.csv", [{"step": s, "train/iteration": s + 1} for s in range(3)])
+    log = {
+        "step": [0, 1, 1, 3, 3],
+        "train/iteration": [1, 2, None, 4, None],
+        "target/acc": [None, None, 0.6, None, 0.8],
+    }
+    pd.DataFrame(log).to_csv(run / "csv" / "metrics.csv", index=False)
+    curve = read_curve(run)
+    assert list(curve.columns) == ["iteration", "target_acc"] and curve.index.tolist() == [0, 1]
+    assert curve["iteration"].dtype.kind == "i" and curve["iteration"].tolist() == [2, 4]
+    assert curve["target_acc"].tolist() == [0.6, 0.8]
+    no_iterations = tmp_path / "no_iterations"
+    _metrics(no_iterations / "csv" / "metrics.csv", [{"epoch": 0, "step": 2, "target/acc": 0.5}])
+    assert read_curve(no_iterations) is None
+
+
+def test_learning_curves_plot_the_none_run_of_each_baseline(tmp_path: Path) -> None:
+    """Of a baseline's runs the plot draws the ``none`` harmonizer's, even when another harmonizer has the lower
+    seed; the SVG names each line in its legend."""
+    root = tmp_path / "runs"
+    for name, harmonizer, seed in (("a", "gh", 0), ("b", "none", 1)):
+        fake_run(root, name, harmonizer=harmonizer, seed=seed)
+        _metrics(root / name / "csv" / "metrics.csv", [{"step": 0, "train/iteration": 1, "target/acc": 0.5}])
+    assert plot_learning_curves(collect(root), root, tmp_path / "curves.svg") is None
+    svg = (tmp_path / "curves.svg").read_text()
+    assert "cdan + none, seed 1" in svg and "cdan + gh" not in svg

@@ -117,7 +117,7 @@ def _by_seed(records: list[dict[str, Any]], column: str) -> dict[Any, float]:
 
 def _difference(dataset, task, method, reference, ours, theirs, column) -> PairedDifference:
     mine, base = _by_seed(ours, column), _by_seed(theirs, column)
-    seeds = tuple(sorted(set(mine) & set(base), key=str))
+    seeds = tuple(sorted(set(mine) & set(base)))  # numeric order, as the results table lists seeds
     interval = paired_interval([100.0 * (mine[s] - base[s]) for s in seeds])
     return PairedDifference(dataset, task, method, reference, seeds, interval)
 
