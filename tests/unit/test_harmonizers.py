@@ -583,6 +583,46 @@ def test_cagrad_with_two_losses_minimizes_its_dual_on_the_segment(seed: int, c: 
     torch.testing.assert_close(CAGrad(c_a=c).weights(k), expected / (1 + c**2), rtol=1e-7, atol=0)
 
 
+def test_cagrad_with_three_losses_is_precise_to_a_zoomed_brute_force() -> None:
+    """m = 3 to about 1e-6: the simplex grid (step 1/200) is zoomed five times around its best point (each time
+    a 41 × 41 grid over ± two steps), an exhaustive search independent of SLSQP; the solver's w must agree to
+    2e-6 (SLSQP with its default tolerance, 1e-6 on the objective, is only about 1e-3 close)."""
+    from uda.harmonizers import CAGrad
+
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    g[1] = -0.8 * g[0] + 0.3 * g[1]
+    k, c = g @ g.T, 2.0
+    tau = CAGrad(c_a=c, rescale=False).weights(k)
+    w = (tau - 1.0 / 3) / (tau - 1.0 / 3).sum()
+    steps = 200
+    i, j = torch.meshgrid(torch.arange(steps + 1), torch.arange(steps + 1), indexing="ij")
+    keep = i + j <= steps
+    grid = torch.stack([i[keep], j[keep]], dim=1).to(torch.float64) / steps
+    step = 1.0 / steps
+    for _ in range(6):
+        candidates = torch.cat([grid, 1 - grid.sum(1, keepdim=True)], dim=1)
+        candidates = candidates[(candidates >= 0).all(1)]
+        best = candidates[torch.argmin(cagrad_dual_objective(candidates, k, c))]
+        offsets = torch.linspace(-2 * step, 2 * step, 41, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(best[0] + offsets, best[1] + offsets, indexing="ij"), dim=-1).reshape(-1, 2)
+        grid = grid.clamp(0.0, 1.0)
+        step = step / 10
+    assert best.min() > 0.05  # an interior optimum: no bound decides it
+    torch.testing.assert_close(w, best, rtol=0, atol=2e-6)
+
+
+def test_cagrad_at_a_pareto_stationary_point_keeps_the_mean_gradient() -> None:
+    """g1 = −g2 and g3 ⟂ both: the hull contains 0 at w* = (½, ½, 0), where the dual F(w) = wᵀKb + c‖g0‖‖g_w‖
+    reaches its minimum 0 (Kb = (0, 0, ⅓) >= 0, so F >= 0, and F = c‖g0‖|w1 − w2| on w3 = 0); ‖g_{w*}‖ = 0, so
+    CAGrad's correction vanishes and the update is the mean gradient: tau = 1/3 for every loss."""
+    from uda.harmonizers import CAGrad
+
+    g = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    tau = CAGrad(c_a=0.4, rescale=False).weights(g @ g.T)
+    torch.testing.assert_close(tau, torch.full((3,), 1.0 / 3, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cagrad_with_three_losses_minimizes_its_dual_over_the_simplex(seed: int) -> None:
     """The weights solve min_{w ∈ Δ} F(w) (brute force on a grid of step 1/300): tau = 1/m + (c‖g0‖/‖g_w‖) w, so
