@@ -175,6 +175,8 @@ def test_failed_runs_are_counted_and_listed_under_the_table(study: Path, capsys)
     failed_run(study, "sweep/2_baseline=cdan", "")
     (study / "cut").mkdir()
     (study / "cut" / "summary.json").write_text('{"dataset": ')  # killed while writing
+    # an attempt that failed and was then resumed to the end: finished, not failed
+    (study / "none" / "mnist→usps" / "0" / "error.txt").write_text("CUDA out of memory")
     main([str(study)])
     out = capsys.readouterr().out
     assert out.rstrip().endswith(
@@ -241,10 +243,11 @@ def test_directory_without_finished_runs_exits_2_with_one_sentence(tmp_path: Pat
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    message = captured.err.strip()
-    assert "\n" not in message and message.startswith(f"error: no finished run (summary.json) under {tmp_path}")
-    assert message.endswith("point uda.report at a directory of finished runs")
-    assert ("2 failed runs: see their error.txt" in message) == bool(failed)
+    why = " (2 failed runs: see their error.txt)" if failed else ""
+    assert captured.err == (
+        f"error: no finished run (summary.json) under {tmp_path}{why}: point uda.report at a directory of finished "
+        "runs\n"
+    )
 
 
 def test_missing_directory_exits_2(tmp_path: Path, capsys) -> None:
@@ -255,12 +258,13 @@ def test_missing_directory_exits_2(tmp_path: Path, capsys) -> None:
     assert message.endswith("is not a directory: point uda.report at the output directory of a study")
 
 
-def test_paper_names_and_numbers() -> None:
+def test_paper_names_and_numbers(tmp_path: Path) -> None:
     assert paper_task("office31", "amazon→webcam") == "A->W"
     assert paper_task("officehome", "Real_World→Art") == "Rw->Ar"
     assert paper_task("officehome", "Ar→Cl") == "Ar->Cl"  # short names are accepted too
     assert paper_task("visda2017", "Synthetic→Real") == "Syn->Real"
     assert paper_task("offline_digits", "mnist→uci") is None
+    assert paper_task("office31", "amazon→caltech") is None  # a domain the paper's dataset does not have
     assert [paper_harmonizer("ghpp", lam) for lam in (0.5, None, 0.3)] == ["ghpp", "ghpp", None]
     assert paper_harmonizer("pcgrad", None) is None
 
@@ -279,6 +283,12 @@ def test_paper_names_and_numbers() -> None:
     all_pairs = [f"{s}→{t}" for s in domainnet for t in domainnet if s != t]
     assert paper.average("domainnet", all_pairs, "cdan", "ghpp", 0.5) == 31.4  # the printed 30-task mean
     assert paper.average("domainnet", all_pairs[:2], "cdan", "ghpp", 0.5) is None
+    # a printed mean that states its task count ("avg3") without per-task numbers, read from a file
+    made_up = tmp_path / "paper.csv"
+    made_up.write_text("dataset,task,baseline,harmonizer,accuracy\ndomainnet,avg3,cdan,none,40.0\n")
+    paper = PaperResults.load(made_up)
+    assert paper.average("domainnet", all_pairs[:3], "cdan", "none", None) == 40.0
+    assert paper.average("domainnet", all_pairs[:2], "cdan", "none", None) is None
 
 
 SOURCE_VAL_CAPTION = (
@@ -349,11 +359,13 @@ def test_whole_report_with_variants_two_splits_a_two_task_average_and_a_given_pa
 
 
 def test_rows_sort_by_baseline_then_harmonizer_then_lambda_by_value(tmp_path: Path) -> None:
-    """Row order on one task: the papers' baseline order (DANN before CDAN) before the harmonizer order (none
-    before GH), then GH++ by λ as a number (a run without λ first), although the label ``ghpp(lam=1e-05)`` sorts
-    after ``ghpp(lam=0.5)`` as text. The default selection is ``last``; an empty paper table gives no paper
-    number; an unknown selection is refused naming the valid ones."""
+    """Row order on one task: the papers' baseline order (source_only, DANN, CDAN) before the harmonizer order
+    (none before GH), then GH++ by λ as a number (a run without λ first), although the label
+    ``ghpp(lam=1e-05)`` sorts after ``ghpp(lam=0.5)`` as text. A harmonizer that changed nothing says so in its
+    label. The default selection is ``last``; an empty paper table gives no paper number; an unknown selection
+    is refused naming the valid ones."""
     root = tmp_path / "runs"
+    fake_run(root, "0", baseline="source_only", harmonizer="gh", harmonizer_noop="one loss", target_acc_last=0.8)
     fake_run(root, "a", baseline="dann", harmonizer="gh", target_acc_last=0.81)
     fake_run(root, "b", harmonizer="none", target_acc_last=0.82)
     fake_run(root, "c", harmonizer="ghpp", target_acc_last=0.83)  # an older run: no λ recorded
@@ -362,14 +374,53 @@ def test_rows_sort_by_baseline_then_harmonizer_then_lambda_by_value(tmp_path: Pa
     runs = collect(root)
     table = aggregate(runs, paper=PaperResults())
     assert list(zip(table["baseline"], table["harmonizer"], strict=True)) == [
+        ("source_only", "gh (no-op: one loss)"),  # the label says that the harmonizer changed nothing
         ("dann", "gh"),
         ("cdan", "none"),
         ("cdan", "ghpp"),
         ("cdan", "ghpp(lam=1e-05)"),
         ("cdan", "ghpp(lam=0.5)"),
     ]
-    assert table["acc_mean"].tolist() == pytest.approx([81.0, 82.0, 83.0, 84.0, 85.0])
+    assert table["acc_mean"].tolist() == pytest.approx([80.0, 81.0, 82.0, 83.0, 84.0, 85.0])
     assert set(table["selection"]) == {"last"} and table["paper_acc"].isna().all()
     with pytest.raises(ValueError) as refused:
         aggregate(runs, "best", PaperResults())
     assert str(refused.value) == "unknown model selection 'best'; choose one of last, best_target, source_val"
+
+
+def test_non_finite_numbers_in_a_summary_count_as_missing(tmp_path: Path) -> None:
+    """A summary can hold NaN or Infinity (Python's json writes both): neither is a result, so each counts as a
+    missing value. Seed 1's NaN accuracy leaves 80 and 90 (mean 85, sample std √50 = 7.07, n=2 of 3 seeds);
+    seed 2's infinite s/iter leaves 0.05 twice."""
+    root = tmp_path / "runs"
+    fake_run(root, "a", seed=0, target_acc_last=0.80)
+    fake_run(root, "b", seed=1, target_acc_last=math.nan)
+    fake_run(root, "c", seed=2, target_acc_last=0.90, sec_per_iter=math.inf)
+    runs = collect(root)
+    assert runs.missing("last") == 1
+    table = aggregate(runs, "last", PaperResults())
+    assert markdown_table(table).splitlines()[2] == (
+        "| mnist→usps | cdan | gh | 85.0 ± 7.1 (n=2) | – | 40.0 ± 0.0 | 0.0 ± 0.0 | 0.0500 ± 0.0000 | 0,1,2 |"
+    )
+    assert (table["acc_n"].iloc[0], table["sec_per_iter_n"].iloc[0]) == (2, 2)
+
+
+def test_average_rows_keep_their_lambda_variant_and_count_only_complete_metrics(tmp_path: Path) -> None:
+    """GH++ at λ = 0.3 and 0.5 on two digits tasks. Each avg row keeps its method's λ and variant (the paper
+    number is looked up at that λ: none for 0.3; for 0.5 the mean of the paper's M->U 96.5 and U->M 98.3, a
+    subset of its tasks, = 97.4), has no seeds and no std. λ = 0.3 lacks conflict rates on one task, so its
+    avg has no conflict mean and counts 0 tasks for it, while its accuracy averages both: (90 + 94) / 2."""
+    root = tmp_path / "runs"
+    for lam, accs in ((0.3, (0.90, 0.94)), (0.5, (0.96, 0.98))):
+        for task, acc in zip(("mnist→usps", "usps→mnist"), accs, strict=True):
+            missing = {"conflict_rate": None} if (lam, task) == (0.3, "usps→mnist") else {}
+            fake_run(root, f"{lam}/{task}", task=task, **GHPP(lam), target_acc_last=acc, **missing)
+    table = aggregate(collect(root))
+    avg = table[table["kind"] == "avg"]
+    assert avg["harmonizer"].tolist() == ["ghpp(lam=0.3)", "ghpp(lam=0.5)"]
+    assert avg["lam"].tolist() == [0.3, 0.5]
+    assert avg["variant"].tolist() == ['{"harmonizer: lam": 0.3}', '{"harmonizer: lam": 0.5}']
+    assert avg["acc_mean"].tolist() == pytest.approx([92.0, 97.0]) and avg["acc_n"].tolist() == [2, 2]
+    assert math.isnan(avg["paper_acc"].iloc[0]) and avg["paper_acc"].iloc[1] == pytest.approx(97.4)
+    assert math.isnan(avg["conflict_before_mean"].iloc[0]) and avg["conflict_before_n"].tolist() == [0, 2]
+    assert avg["acc_std"].isna().all() and avg["seeds"].tolist() == ["", ""]

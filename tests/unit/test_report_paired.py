@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.unit.test_report import fake_run
-from uda.report import collect, main
+from uda.report import collect, curves, main
 from uda.report.curves import plot_learning_curves, read_curve
 from uda.report.paired import (
     Interval,
@@ -177,8 +177,8 @@ def test_learning_curve_joins_evaluations_to_iterations(tmp_path: Path) -> None:
     assert read_curve(tmp_path / "nowhere") is None
     runs = collect(tmp_path / "runs")
     assert plot_learning_curves(runs, tmp_path / "runs", tmp_path / "curves.png") is None
-    with Image.open(tmp_path / "curves.png") as image:
-        assert image.format == "PNG" and image.width > 100
+    with Image.open(tmp_path / "curves.png") as image:  # one 8 x 3.6 inch panel at 120 dpi
+        assert image.format == "PNG" and image.size == (960, 432)
     fake_run(tmp_path / "bare", "a")
     assert "no learning curves" in plot_learning_curves(
         collect(tmp_path / "bare"), tmp_path / "bare", tmp_path / "x.png"
@@ -211,13 +211,51 @@ def test_learning_curve_skips_logs_of_attempts_that_left_no_evaluation(tmp_path:
     assert read_curve(no_iterations) is None
 
 
-def test_learning_curves_plot_the_none_run_of_each_baseline(tmp_path: Path) -> None:
-    """Of a baseline's runs the plot draws the ``none`` harmonizer's, even when another harmonizer has the lower
-    seed; the SVG names each line in its legend."""
+def test_learning_curves_plot_the_lowest_none_seed_of_each_baseline_one_panel_per_task(tmp_path: Path) -> None:
+    """Of a baseline's runs the plot draws the ``none`` harmonizer's lowest seed, even when another harmonizer has
+    a lower one, and still draws the other baselines after skipping a baseline's further runs. The SVG holds one
+    axes per task (two here), each titled and labelled, its legend naming the lines, on an 8 x 3.6 inch panel
+    per task (576 x 518.4 pt for two)."""
     root = tmp_path / "runs"
-    for name, harmonizer, seed in (("a", "gh", 0), ("b", "none", 1)):
-        fake_run(root, name, harmonizer=harmonizer, seed=seed)
+    runs = (("a", "cdan", "gh", 0), ("b", "cdan", "none", 1), ("c", "cdan", "none", 0), ("d", "dann", "none", 1))
+    for name, baseline, harmonizer, seed in runs:
+        fake_run(root, name, baseline=baseline, harmonizer=harmonizer, seed=seed)
         _metrics(root / name / "csv" / "metrics.csv", [{"step": 0, "train/iteration": 1, "target/acc": 0.5}])
+    fake_run(root, "e", task="usps→mnist", harmonizer="none")
+    _metrics(root / "e" / "csv" / "metrics.csv", [{"step": 0, "train/iteration": 1, "target/acc": 0.6}])
     assert plot_learning_curves(collect(root), root, tmp_path / "curves.svg") is None
     svg = (tmp_path / "curves.svg").read_text()
-    assert "cdan + none, seed 1" in svg and "cdan + gh" not in svg
+    assert 'width="576pt" height="518.4pt"' in svg
+    assert svg.count('<g id="axes_') == 2
+    for text in (
+        "cdan + none, seed 0",
+        "dann + none, seed 1",
+        "digits mnist→usps: target accuracy during training (one seed per baseline)",
+        "digits usps→mnist: target accuracy during training (one seed per baseline)",
+        "training iteration",
+        "target test accuracy (%)",
+    ):
+        assert f"<!-- {text} -->" in svg, text
+    assert "cdan + gh" not in svg and "cdan + none, seed 1" not in svg
+
+
+def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: Path, monkeypatch) -> None:
+    """The drawn line holds the evaluations as (iteration, 100 · accuracy) points with a marker on each, read
+    off the figure that is saved (the module's Figure, recorded as it is made)."""
+    made = []
+
+    class RecordedFigure(curves.Figure):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(curves, "Figure", RecordedFigure)
+    root = tmp_path / "runs"
+    fake_run(root, "a", harmonizer="none")
+    train = [{"step": s, "train/iteration": s + 1} for s in range(4)]
+    evals = [{"step": 1, "target/acc": 0.5}, {"step": 3, "target/acc": 0.75}]
+    _metrics(root / "a" / "csv" / "metrics.csv", train + evals)
+    assert plot_learning_curves(collect(root), root, tmp_path / "curves.png") is None
+    (line,) = made[0].axes[0].get_lines()
+    assert line.get_xydata().tolist() == [[2.0, 50.0], [4.0, 75.0]]
+    assert line.get_marker() == "o" and line.get_linestyle() == "-"

@@ -54,10 +54,10 @@ class Runs:
 
 
 def _number(value: Any) -> float | None:
-    """A finite float, or None for missing / null / non-numeric / NaN values."""
+    """A finite float, or None for missing / null / non-numeric / NaN / infinite values."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return None if math.isnan(value) else float(value)
+    return float(value) if math.isfinite(value) else None  # json reads NaN and Infinity; neither is a result
 
 
 def selected_accuracy(summary: RunSummary, selection: Selection) -> float | None:
