@@ -37,6 +37,7 @@ from uda.harmonizers import (
     UPGrad,
 )
 from uda.harmonizers.host_sync import host_reads_recorded
+from uda.harmonizers.mgda import min_norm_exact
 from uda.harmonizers.table import harmonizer_classes
 
 #: every exported harmonizer, so a new one runs the generic checks without being listed here
@@ -244,6 +245,58 @@ def test_mgda_equals_brute_force_min_norm(m, steps) -> None:
         alpha = MGDA().weights(k)
         assert alpha.sum().item() == pytest.approx(1.0) and (alpha >= -1e-12).all()
         assert float(alpha @ k @ alpha) <= brute_force_min_norm(k, steps) + 1e-6
+
+
+def test_mgda_exact_solver_takes_up_to_ten_losses_and_names_its_limit() -> None:
+    """Ten losses (the documented limit) still get the min-norm point, checked against scipy's SLSQP on
+    min αᵀKα over the simplex (an independent solver); eleven are refused with a message naming the limit."""
+    optimize = pytest.importorskip("scipy.optimize")
+    k = gram(random_grads(10, dim=16, seed=1))
+    alpha = MGDA().weights(k)
+    a = k.numpy()
+    slsqp = optimize.minimize(
+        lambda x: x @ a @ x,
+        torch.full((10,), 0.1, dtype=torch.float64).numpy(),
+        jac=lambda x: 2 * a @ x,
+        method="SLSQP",
+        bounds=[(0.0, None)] * 10,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1.0}],
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    assert slsqp.success
+    assert (alpha >= 0).all() and float(alpha.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(alpha @ k @ alpha) <= slsqp.fun + 1e-12
+    with pytest.raises(ValueError, match=r"^MGDA's exact solver handles up to 10 losses, got 11$"):
+        MGDA().weights(gram(random_grads(11, seed=0)))
+
+
+@pytest.mark.parametrize("m", [3, 5])
+def test_mgda_weights_sum_to_one_to_rounding(m) -> None:
+    """The weights are convex (the update is on the mean-gradient scale): their sum is 1 up to the rounding of m
+    divisions and m − 1 additions, i.e. within m·eps, not merely approximately."""
+    eps = torch.finfo(torch.float64).eps
+    for seed in range(5):
+        alpha = MGDA().weights(gram(random_grads(m, seed=seed)))
+        assert abs(float(alpha.sum()) - 1.0) <= m * eps, seed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mgda_exact_solver_returns_the_callers_dtype(dtype) -> None:
+    """Orthogonal gradients with ‖g_i‖² = (1, 2, 4): the min-norm point of their hull has α_i ∝ 1/‖g_i‖²,
+    i.e. (4, 2, 1)/7. ``min_norm_exact`` works in float64 whatever it is given and answers in the input dtype."""
+    alpha = min_norm_exact(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=dtype)))
+    assert alpha.dtype == dtype
+    torch.testing.assert_close(alpha, torch.tensor([4.0, 2.0, 1.0], dtype=dtype) / 7)
+
+
+def test_mgda_keeps_the_exact_vertex_when_another_candidate_is_within_rounding() -> None:
+    """g1 = (1, 0, 0) is the min-norm point of the hull: g1·g_j = 1 + 2⁻⁵² > ‖g1‖² for g2, g3 = (1 + 2⁻⁵², ±1, ·),
+    the KKT condition of the vertex, and the three are affinely independent, so α = e_1 is the unique answer.
+    The centroid of g2, g3 (and of all three) is only ~1e-15 longer, so a solver that let a later, rounding-level
+    tie replace its best candidate would return weights near (0, ½, ½) or (⅓, ⅓, ⅓) instead."""
+    c = 2.0**-52
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0 + c, 1.0, 0.0], [1.0 + c, -1.0, 5e-8]], dtype=torch.float64)
+    torch.testing.assert_close(MGDA().weights(gram(g)), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
 
 
 def test_ghpp_rotation_pair_is_orthogonal_with_norms_preserved() -> None:
@@ -607,6 +660,22 @@ def test_fairgrad_solves_an_ill_conditioned_six_loss_problem() -> None:
     k = gram(g)
     w = FairGrad(2.0).weights(k)
     torch.testing.assert_close(k @ w, w ** (-1.0 / 2.0), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("m", "eps", "seed", "alpha"), [(9, 0.1, 1174, 2.0), (3, 0.01, 2, 5.0), (9, 0.01, 1, 2.0)], ids=str
+)
+def test_fairgrad_solves_problems_with_a_nearly_opposite_pair_to_rounding(m, eps, seed, alpha) -> None:
+    """g_2 = −(1 − ε) g_1 + ε·(random), the typical conflict of an adversarial pair, among m random gradients in
+    12 dimensions (a common descent direction exists): the weights meet the defining equations K w = w^(−1/α)
+    to rounding (the solver's own acceptance threshold is a loose 1e-4), i.e. Newton converged all the way."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(m, 12, generator=gen, dtype=torch.float64)
+    g = g * torch.rand(m, 1, generator=gen, dtype=torch.float64) ** 2
+    g[1] = -(1 - eps) * g[0] + eps * g[1]
+    k = gram(g)
+    w = FairGrad(alpha).weights(k)
+    torch.testing.assert_close(k @ w, w ** (-1.0 / alpha), rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("m", [3, 10])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -79,3 +81,29 @@ def test_gram_only_harmonizers_cost_nothing_and_loss_methods_must_get_values() -
     assert loss_values(losses, [GH(), FAMO()]).shape == (2,)
     with pytest.raises(ValueError, match="loss values|losses"):
         harmonize_groups(torch.eye(2), FAMO(), torch.ones(2), None, False)
+
+
+def test_a_harmonizer_without_its_loss_values_says_what_to_pass() -> None:
+    """The two refusals a user can meet when calling a loss-weighting harmonizer directly, word for word."""
+    missing = (
+        "famo weights the losses by their values: pass `losses` (one value per row of the Gram matrix); "
+        "the engine does this for every harmonizer with needs_losses = True"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(missing)}$"):
+        FAMO().weights(torch.eye(3))
+    with pytest.raises(ValueError, match=re.escape("famo: expected 3 loss values, got shape (2,)")):
+        FAMO().weights(torch.eye(3), torch.ones(2))
+    with pytest.raises(ValueError, match=re.escape("dbmtl: expected 2 loss values, got shape (2, 1)")):
+        DBMTL().weights(torch.eye(2), torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("min_losses", [0.9999999, (0.9999999, 0.0)], ids=["one bound", "per loss"])
+def test_famo_compares_losses_with_their_bounds_in_float64(min_losses) -> None:
+    """A loss 1e-7 above its lower bound: FAMO's first weights are tau_i ∝ 1/(L_i − b_i + ε) (uniform logits),
+    computed here by hand in float64. The subtraction must happen in float64 whatever the losses' dtype: float32
+    losses or bounds would round 0.9999999 to 0.99999988 and give that loss a weight about 15 % too small."""
+    losses = torch.tensor([1.0, 2.0], dtype=torch.float32)  # exact in float32
+    bounds = [0.9999999, 0.9999999 if isinstance(min_losses, float) else 0.0]
+    inverse = torch.tensor([1.0 / (1.0 - bounds[0] + 1e-8), 1.0 / (2.0 - bounds[1] + 1e-8)], dtype=torch.float64)
+    tau = FAMO(min_losses=min_losses).weights(torch.eye(2, dtype=torch.float64), losses)
+    torch.testing.assert_close(tau, inverse / inverse.sum(), rtol=1e-9, atol=0)
