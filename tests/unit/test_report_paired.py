@@ -180,8 +180,8 @@ def test_learning_curve_joins_evaluations_to_iterations(tmp_path: Path) -> None:
     with Image.open(tmp_path / "curves.png") as image:  # one 8 x 3.6 inch panel at 120 dpi
         assert image.format == "PNG" and image.size == (960, 432)
     fake_run(tmp_path / "bare", "a")
-    assert "no learning curves" in plot_learning_curves(
-        collect(tmp_path / "bare"), tmp_path / "bare", tmp_path / "x.png"
+    assert plot_learning_curves(collect(tmp_path / "bare"), tmp_path / "bare", tmp_path / "x.png") == (
+        "no learning curves (no run has a CSV log with target/acc: run with logger=csv)"
     )
 
 
