@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from tests.unit.test_report import fake_run
@@ -241,7 +242,8 @@ def test_learning_curves_plot_the_lowest_none_seed_of_each_baseline_one_panel_pe
 
 def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: Path, monkeypatch) -> None:
     """The drawn line holds the evaluations as (iteration, 100 · accuracy) points with a marker on each, read
-    off the figure that is saved (the module's Figure, recorded as it is made)."""
+    off the figure that is saved (the module's Figure, recorded as it is made). With three tasks stacked, no
+    panel's title, labels or ticks run into the next panel's (their drawn extents do not overlap)."""
     made = []
 
     class RecordedFigure(curves.Figure):
@@ -255,7 +257,13 @@ def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: 
     train = [{"step": s, "train/iteration": s + 1} for s in range(4)]
     evals = [{"step": 1, "target/acc": 0.5}, {"step": 3, "target/acc": 0.75}]
     _metrics(root / "a" / "csv" / "metrics.csv", train + evals)
+    for task in ("svhn→mnist", "usps→mnist"):
+        fake_run(root, task, task=task, harmonizer="none")
+        _metrics(root / task / "csv" / "metrics.csv", train + evals)
     assert plot_learning_curves(collect(root), root, tmp_path / "curves.png") is None
+    renderer = FigureCanvasAgg(made[0]).get_renderer()
+    extents = [ax.get_tightbbox(renderer) for ax in made[0].axes]
+    assert len(extents) == 3 and not any(a.overlaps(b) for a, b in zip(extents, extents[1:], strict=False))
     (line,) = made[0].axes[0].get_lines()
     assert line.get_xydata().tolist() == [[2.0, 50.0], [4.0, 75.0]]
     assert line.get_marker() == "o" and line.get_linestyle() == "-"
