@@ -612,6 +612,17 @@ def test_cagrad_with_three_losses_is_precise_to_a_zoomed_brute_force() -> None:
     torch.testing.assert_close(w, best, rtol=0, atol=2e-6)
 
 
+def test_cagrad_refuses_a_negative_radius_in_one_sentence() -> None:
+    from uda.errors import ConfigError
+    from uda.harmonizers import CAGrad
+
+    with pytest.raises(
+        ConfigError, match=r"^harmonizer.c_a=-0.1 is invalid: CAGrad's conflict-averse radius must be >= 0"
+    ):
+        CAGrad(c_a=-0.1)
+    assert CAGrad(c_a=0.0).c_a == 0.0  # the edge is allowed: the mean gradient
+
+
 def test_cagrad_at_a_pareto_stationary_point_keeps_the_mean_gradient() -> None:
     """g1 = −g2 and g3 ⟂ both: the hull contains 0 at w* = (½, ½, 0), where the dual F(w) = wᵀKb + c‖g0‖‖g_w‖
     reaches its minimum 0 (Kb = (0, 0, ⅓) >= 0, so F >= 0, and F = c‖g0‖|w1 − w2| on w3 = 0); ‖g_{w*}‖ = 0, so
