@@ -478,3 +478,44 @@ def test_no_losses_or_detached_features_are_refused() -> None:
         feature_space_backward([], z, GH())
     with pytest.raises(ValueError, match="^the shared features must be part of the autograd graph$"):
         feature_space_backward(losses[:2], z.detach(), GH())
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_loss_gradients_are_the_hand_derived_rows_one_pass_or_vmapped(batched) -> None:
+    """dL_i/dW = xᵀ dL_i/dz by hand, laid out as rows over (W, an unused bias); the bias is reached by no loss,
+    so its columns are zeros. The vmapped path (one backward of the stacked losses with the identity as batched
+    grad_outputs) and the per-loss path give the same buffer, and the graph is freed unless retained."""
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    bias = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # a parameter no loss reaches
+    flat = loss_gradients(losses, [weight, bias], batched=batched)
+    gz = hand_feature_gradients(x, w, u)
+    expected = torch.stack([torch.cat([(x.T @ row.view(HAND_N, HAND_K)).reshape(-1), torch.zeros(2)]) for row in gz])
+    assert flat.shape == (3, HAND_D * HAND_K + 2) and flat.dtype == torch.float64
+    torch.testing.assert_close(flat, expected)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(losses[1], weight)
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    torch.testing.assert_close(loss_gradients(losses, [weight], batched=batched, retain_graph=True), expected[:, :-2])
+    torch.testing.assert_close(torch.autograd.grad(losses[1], weight)[0], x.T @ gz[1].view(HAND_N, HAND_K))
+
+
+def test_loss_gradients_give_a_constant_loss_a_zero_row_even_when_batched() -> None:
+    """A loss without a graph (identically constant for the batch) cannot join the vmapped pass: it falls back
+    to the per-loss path, where its row is zero."""
+    x, w, u = hand_problem()
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    constant = torch.tensor(2.0, dtype=torch.float64)
+    flat = loss_gradients([losses[0], constant], [weight], batched=True)
+    expected = (x.T @ hand_feature_gradients(x, w, u)[0].view(HAND_N, HAND_K)).reshape(-1)
+    torch.testing.assert_close(flat[0], expected)
+    assert torch.equal(flat[1], torch.zeros_like(flat[1]))
+
+
+def test_loss_gradients_refuse_parameters_of_mixed_dtypes_by_name() -> None:
+    half = torch.zeros(2, dtype=torch.float32, requires_grad=True)
+    full = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    loss = half.sum() + full.sum()
+    message = r"^all optimized parameters must share one dtype, got \['torch.float32', 'torch.float64'\]$"
+    with pytest.raises(TypeError, match=message):
+        loss_gradients([loss], [half, full])

@@ -243,15 +243,15 @@ def loss_gradients(
         stacked = torch.stack(list(losses))
         eye = torch.eye(m, dtype=stacked.dtype, device=stacked.device)
         grads = torch.autograd.grad(
-            stacked,
-            params,
-            grad_outputs=eye,
-            retain_graph=retain_graph,
-            allow_unused=True,
-            materialize_grads=True,
-            is_grads_batched=True,
+            stacked, params, grad_outputs=eye, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
         )
-        torch.cat([g.reshape(m, -1) for g in grads], dim=1, out=flat)
+        # a parameter no loss reaches has no gradient (materialized, it would lack the batch dimension):
+        # its columns are zeros, as on the per-loss path
+        rows = [
+            torch.zeros(m, p.numel(), dtype=flat.dtype, device=flat.device) if g is None else g.reshape(m, -1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+        torch.cat(rows, dim=1, out=flat)
         return flat
     for i, loss in enumerate(losses):
         if not loss.requires_grad:  # e.g. a loss that is identically constant for this batch
