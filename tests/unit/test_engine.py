@@ -519,3 +519,77 @@ def test_loss_gradients_refuse_parameters_of_mixed_dtypes_by_name() -> None:
     message = r"^all optimized parameters must share one dtype, got \['torch.float32', 'torch.float64'\]$"
     with pytest.raises(TypeError, match=message):
         loss_gradients([loss], [half, full])
+
+
+def hand_param_gradients(x, w, u) -> torch.Tensor:
+    """dL_i/dW = xᵀ dL_i/dz for the hand model, one flattened row per loss."""
+    return torch.stack([(x.T @ row.view(HAND_N, HAND_K)).reshape(-1) for row in hand_feature_gradients(x, w, u)])
+
+
+def test_parameter_space_scaled_losses_trade_offs_before_and_the_pair_match_the_hand_derivation() -> None:
+    """harmonized_backward with a float16-style loss scale: the Gram matrix is of the unscaled gradients, the
+    written .grad is the scaled update (the scaler unscales it); MGDA sees coef_i·g_i with the trade-offs before."""
+    x, w, u = hand_problem()
+    g = hand_param_gradients(x, w, u)[:2]
+    coefs = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    weighted = g * coefs[:, None]
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    stats = harmonized_backward(
+        losses[:2], [weight], MGDA(), trade_offs=coefs.tolist(), trade_off_before=True, loss_scale=1024.0
+    )
+    torch.testing.assert_close(stats.gram, g @ g.T)
+    torch.testing.assert_close(stats.tau, MGDA().weights(weighted @ weighted.T))
+    torch.testing.assert_close(weight.grad.reshape(-1), 1024.0 * (stats.tau @ weighted))
+    harmonized = stats.tau[:, None] * weighted  # MGDA rescales each (weighted) gradient: A = diag(tau)
+    torch.testing.assert_close(stats.pair_gram, harmonized @ harmonized.T)
+    assert stats.trade_off_before and stats.space == "params"
+
+
+def test_one_harmonizer_per_group_each_sees_its_own_block() -> None:
+    x, w, u = hand_problem()
+    g = hand_param_gradients(x, w, u)
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    stats = harmonized_backward(losses, [weight], [GH(), MGDA()], groups=[(0, 1), (2,)])
+    assert stats.groups == ((0, 1), (2,))
+    torch.testing.assert_close(stats.tau[:2], GH().weights(g[:2] @ g[:2].T))
+    assert stats.tau[2].item() == 1.0  # a one-loss group keeps its gradient
+    torch.testing.assert_close(weight.grad.reshape(-1), stats.tau @ g)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda ls, p: harmonized_backward([], p, GH()), ValueError, r"^harmonized_backward needs at least one loss$"),
+        (
+            lambda ls, p: harmonized_backward(ls, [p[0].detach()], GH()),
+            ValueError,
+            r"^harmonized_backward needs at least one parameter that requires grad$",
+        ),
+        (
+            lambda ls, p: harmonized_backward(ls, p, GH(), tau_applies_to="gram"),
+            ValueError,
+            r"^tau_applies_to must be 'all' or 'gram_params', got 'gram'$",
+        ),
+        (
+            lambda ls, p: harmonized_backward(ls, p, GH(), trade_offs=[1.0, 1.0, 1.0]),
+            ValueError,
+            r"^expected 2 coefficients, got \(3,\)$",
+        ),
+        (
+            lambda ls, p: harmonized_backward(ls, p, [GH(), GH()]),
+            ValueError,
+            r"^expected one harmonizer per harmonized group \(1\), got 2$",
+        ),
+        (
+            lambda ls, p: harmonized_backward(ls, p, GH(), groups=[(0, 1), (1,)]),
+            ValueError,
+            r"^a loss appears in more than one harmonized group: ",
+        ),
+    ],
+    ids=["no-loss", "no-trainable-parameter", "tau-applies-to", "trade-off-count", "harmonizer-count", "groups"],
+)
+def test_harmonized_backward_refusals_say_what_is_wrong(call, error, message) -> None:
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    with pytest.raises(error, match=message):
+        call(losses[:2], [weight])
