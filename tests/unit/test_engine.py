@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from uda.baselines import CDAN, UDABatch
 from uda.harmonizers import (
+    FAMO,
     GH,
     GHPP,
     MGDA,
@@ -18,6 +21,7 @@ from uda.harmonizers import (
     loss_gradients,
     three_pass_backward,
 )
+from uda.harmonizers.engine import default_groups, gram_matrix, loss_values, trainable_params
 from uda.models import LeNet
 
 
@@ -593,3 +597,189 @@ def test_harmonized_backward_refusals_say_what_is_wrong(call, error, message) ->
     weight, _, losses = hand_losses_and_features(x, w, u)
     with pytest.raises(error, match=message):
         call(losses[:2], [weight])
+
+
+# ------------------------------------------------------------------------------------------------------
+# The engine's small helpers and its defaults, each against what a caller relies on.
+# ------------------------------------------------------------------------------------------------------
+def test_trainable_params_keeps_each_trainable_parameter_once_in_first_seen_order() -> None:
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    frozen = torch.zeros(4)
+    kept = trainable_params([a, frozen, b, a, frozen, b])
+    assert len(kept) == 2 and kept[0] is a and kept[1] is b
+
+
+def test_default_groups_one_group_none_or_a_refusal_that_names_the_fix() -> None:
+    assert default_groups(1, GH()) == ()
+    assert default_groups(2, GH()) == ((0, 1),)
+    assert default_groups(3, MGDA()) == ((0, 1, 2),)
+    message = r"^gh harmonizes 2 losses but 3 were given; pass `groups` to say which losses are harmonized together$"
+    with pytest.raises(ValueError, match=message):
+        default_groups(3, GH())
+
+
+def test_gram_matrix_of_bfloat16_rows_is_formed_in_float32_even_under_autocast() -> None:
+    rows = torch.randn(2, 300, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    exact = rows.double() @ rows.double().T  # the bf16 values are exact in float64; their products nearly so
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram = gram_matrix(rows)
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram.double(), exact, rtol=1e-6, atol=1e-4)  # bf16 accumulation is ~100x worse
+
+
+def test_three_pass_reference_defaults_zero_fill_and_a_trade_off_count_mismatch() -> None:
+    """The official procedure with its defaults (every trainable parameter is the Gram scope, trade-offs 1):
+    a parameter that only the first loss reaches is zero-filled in the second row."""
+    x, w, u = hand_problem()
+    g = hand_param_gradients(x, w, u)[:2]
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    extra = torch.tensor([0.7, -1.3], dtype=torch.float64, requires_grad=True)
+    first = losses[0] + 0.5 * (extra**2).sum()  # d/d extra = extra, for the first loss only
+    rows = torch.stack([torch.cat([g[0], extra.detach()]), torch.cat([g[1], torch.zeros(2, dtype=torch.float64)])])
+    tau = three_pass_backward([first, losses[1]], [weight, extra], GH())
+    torch.testing.assert_close(tau, GH().weights(rows @ rows.T))
+    assert tau[0].item() != 1.0  # the pair conflicts, so the check below is not the plain sum
+    torch.testing.assert_close(weight.grad.reshape(-1), tau @ g)
+    torch.testing.assert_close(extra.grad, tau[0] * extra.detach())
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    with pytest.raises(ValueError, match="zip"):
+        three_pass_backward(losses[:2], [weight], GH(), trade_offs=[1.0])
+
+
+def test_trade_offs_and_the_update_follow_the_parameter_dtype() -> None:
+    """float64 parameters get float64 trade-offs by default; a float64 0-d tensor trade-off on float32
+    parameters is cast to float32 (the update is one float32 matrix-vector product)."""
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    assert harmonized_backward(losses[:2], [weight], GH()).trade_offs.dtype == torch.float64
+    single = nn.Parameter(w.float())
+    z = x.float() @ single
+    losses32 = [(z @ u[0].float()).sum(), 0.5 * ((z @ u[1].float()) ** 2).sum()]
+    stats = harmonized_backward(losses32, [single], GH(), trade_offs=torch.tensor(0.5, dtype=torch.float64))
+    assert stats.trade_offs.dtype == torch.float32 and single.grad.dtype == torch.float32
+    g = hand_param_gradients(x, w, u)[:2]
+    torch.testing.assert_close(single.grad.reshape(-1).double(), 0.5 * (stats.tau.double() @ g), rtol=1e-4, atol=1e-4)
+
+
+def test_the_graph_is_freed_by_default_and_kept_when_asked() -> None:
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    harmonized_backward(losses[:2], [weight], GH())
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        losses[0].backward()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    harmonized_backward(losses[:2], [weight], GH(), retain_graph=True)
+    losses[0].backward()  # still possible
+
+
+class CountingDouble(torch.autograd.Function):
+    """y = 2x with a backward that counts its calls: one call per backward pass over the graph."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        CountingDouble.calls += 1
+        return 2 * grad
+
+
+@pytest.mark.parametrize(("batched", "passes"), [(None, 2), (False, 2), (True, 1)])
+def test_batched_takes_the_gradients_in_one_backward_pass_and_the_default_in_one_per_loss(batched, passes) -> None:
+    """The default takes one backward pass per loss (any differentiable graph works, even one vmap cannot
+    batch); ``batched=True`` takes all of them in a single vmapped pass. Both give 2·dL_i/dW."""
+    x, w, u = hand_problem()
+    weight = w.clone().requires_grad_(True)
+    z = CountingDouble.apply(x @ weight)
+    losses = [(z @ u[0]).sum(), 0.5 * ((z @ u[1]) ** 2).sum()]
+    CountingDouble.calls = 0
+    kwargs = {} if batched is None else {"batched": batched}
+    stats = harmonized_backward(losses, [weight], NoHarmonizer(), **kwargs)
+    assert CountingDouble.calls == passes
+    z_hand = 2 * (x @ w)
+    g = torch.stack([2 * (x.T @ u[0].expand(HAND_N, HAND_K)), 2 * (x.T @ ((z_hand @ u[1])[:, None] * u[1]))])
+    torch.testing.assert_close(stats.gram, g.reshape(2, -1) @ g.reshape(2, -1).T)
+
+
+@pytest.mark.parametrize(("harmonizer", "reduced"), [(GH(), ["gradients"]), (FAMO(), ["gradients", "losses"])])
+def test_reduce_is_applied_to_the_gradients_and_to_the_loss_values_only_when_they_are_used(harmonizer, reduced) -> None:
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    seen = []
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        seen.append("gradients" if t.dim() == 2 else "losses")
+        return t.clone()
+
+    harmonized_backward(losses[:2], [weight], harmonizer, reduce=reduce)
+    assert seen == reduced
+
+
+@pytest.mark.parametrize("outside", [False, True], ids=["all-in-scope", "outside-the-scope"])
+def test_harmonized_backward_warns_about_nothing(outside) -> None:
+    """No resized outputs, no deprecated calls: a warning here would repeat on every training step."""
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    head = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    losses = [losses[0] + (head**2).sum(), losses[1]]
+    params = [weight, head]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        harmonized_backward(losses, params, GH(), gram_params=[weight] if outside else None)
+    assert weight.grad is not None and head.grad is not None
+
+
+def test_a_loss_scale_that_is_not_a_power_of_two_is_divided_out_exactly_in_float64() -> None:
+    """GradScaler's scales are powers of two, but any float works: the Gram matrix is divided by S² in the
+    Gram matrix's own dtype (a float32 S would leave a 1e-7 relative error in a float64 Gram matrix)."""
+    x, w, u = hand_problem()
+    g = hand_param_gradients(x, w, u)[:2]
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    stats = harmonized_backward(losses[:2], [weight], GH(), loss_scale=3.1)
+    torch.testing.assert_close(stats.gram, g @ g.T, rtol=1e-13, atol=0)
+    gz = hand_feature_gradients(x, w, u)[:2]
+    weight, z, losses = hand_losses_and_features(x, w, u)
+    stats = feature_space_backward(losses[:2], z, GH(), loss_scale=3.1, backward=lambda total: (3.1 * total).backward())
+    torch.testing.assert_close(stats.gram, gz @ gz.T, rtol=1e-13, atol=0)
+
+
+def test_loss_values_are_float32_or_wider_and_only_taken_when_a_harmonizer_uses_them() -> None:
+    full = [torch.tensor(1.0 + 2.0**-40, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)]
+    values = loss_values(full, FAMO())
+    assert values.dtype == torch.float64 and values[0].item() == 1.0 + 2.0**-40
+    low = [torch.tensor(1.5, dtype=torch.bfloat16), torch.tensor(-2.0, dtype=torch.bfloat16)]
+    widened = loss_values(low, [GH(), FAMO()])
+    assert widened.dtype == torch.float32 and torch.equal(widened, torch.tensor([1.5, -2.0]))
+    assert loss_values(full, GH()) is None and loss_values(full, [GH(), MGDA()]) is None
+
+
+def test_loss_gradients_take_one_backward_pass_per_loss_by_default() -> None:
+    x, w, u = hand_problem()
+    weight = w.clone().requires_grad_(True)
+    z = CountingDouble.apply(x @ weight)
+    losses = [(z @ u[0]).sum(), (z @ u[2]).sum()]
+    CountingDouble.calls = 0
+    flat = loss_gradients(losses, [weight])
+    assert CountingDouble.calls == 2
+    torch.testing.assert_close(flat, torch.stack([2 * (x.T @ u[i].expand(HAND_N, HAND_K)).reshape(-1) for i in (0, 2)]))
+
+
+def test_a_constant_loss_anywhere_in_the_list_gets_a_zero_row_and_the_rest_their_gradients() -> None:
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    constant = torch.tensor(2.0, dtype=torch.float64)
+    flat = loss_gradients([constant, losses[0], constant, losses[2]], [weight])
+    g = hand_param_gradients(x, w, u)
+    assert torch.equal(flat[0], torch.zeros_like(flat[0])) and torch.equal(flat[2], torch.zeros_like(flat[2]))
+    torch.testing.assert_close(flat[1], g[0])
+    torch.testing.assert_close(flat[3], g[2])
+
+
+def test_a_loss_in_two_groups_is_refused_also_when_the_groups_are_not_adjacent() -> None:
+    x, w, u = hand_problem()
+    weight, _, losses = hand_losses_and_features(x, w, u)
+    with pytest.raises(ValueError, match=r"^a loss appears in more than one harmonized group: "):
+        harmonized_backward(losses, [weight], MGDA(), groups=[(0,), (2,), (0, 1)])

@@ -770,3 +770,37 @@ def test_famo_accepts_the_edges_of_its_ranges_and_names_itself_for_bad_bounds() 
     assert (FAMO().lr, FAMO().gamma) == (0.025, 0.01)  # the paper's defaults
     with pytest.raises(ConfigError, match="give FAMO one lower bound per loss"):
         FAMO(min_losses=[0.0, 0.0, 0.0]).weights(torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+class _RecordingHarmonizer(Harmonizer):
+    """A harmonizer whose hook records the matrix it is given and returns weights no float32 can hold."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
+        self.seen.append(gram)
+        return torch.full((gram.shape[0],), 1.0 + 2.0**-40, dtype=gram.dtype)
+
+
+def test_hooks_work_in_float64_on_a_symmetrized_matrix_and_callers_get_their_dtype_back() -> None:
+    """The precision rule for harmonizer authors: a float32 Gram matrix reaches the hook as float64 (its exact
+    values, symmetrized), and the weights come back in float32."""
+    h = _RecordingHarmonizer()
+    k32 = torch.tensor([[4.0, 1.0 + 2.0**-20], [1.0, 9.0]], dtype=torch.float32)
+    tau = h.weights(k32)
+    (k,) = h.seen
+    assert k.dtype == torch.float64
+    assert torch.equal(k, torch.tensor([[4.0, 1.0 + 2.0**-21], [1.0 + 2.0**-21, 9.0]], dtype=torch.float64))
+    assert tau.dtype == torch.float32 and torch.equal(tau, torch.ones(2))  # 1 + 2^-40 rounds to 1 in float32
+    assert h.weights(k32.double()).dtype == torch.float64
+    assert h.weights(k32.double())[0].item() == 1.0 + 2.0**-40
+
+
+def test_an_empty_gram_matrix_is_refused_by_name() -> None:
+    from uda.harmonizers import MGDA
+
+    with pytest.raises(ValueError, match=r"^mgda: empty Gram matrix$"):
+        MGDA().weights(torch.zeros(0, 0, dtype=torch.float64))

@@ -145,7 +145,7 @@ def default_groups(num_losses: int, harmonizer: Harmonizer) -> tuple[tuple[int, 
 
 def _coef_tensor(trade_offs: Sequence[float] | Tensor | None, m: int, like: Tensor) -> Tensor:
     coef_t = torch.as_tensor(1.0 if trade_offs is None else trade_offs, dtype=like.dtype, device=like.device)
-    coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t.to(like.dtype)
+    coef_t = coef_t.expand(m).clone() if coef_t.dim() == 0 else coef_t
     if coef_t.shape != (m,):
         raise ValueError(f"expected {m} coefficients, got {tuple(coef_t.shape)}")
     return coef_t
