@@ -68,12 +68,14 @@ def selected_accuracy(summary: RunSummary, selection: Selection) -> float | None
 def run_record(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """The flat record of one finished run (see the module docstring), from its ``summary.json`` object.
 
-    ``harmonizer`` is the label that groups runs: the harmonizer's name and hyper-parameters, with the reason
-    when it was a no-op; ``variant`` is the run's resolved settings (:meth:`uda.summary.RunSummary.variant`) as
+    ``harmonizer`` is the label that groups runs: the harmonizer's name and hyper-parameters, marked
+    " (no-op)" when it never acted (the reason is left out: its wording changed between versions, and it follows
+    from the baseline and settings, which do group);
+    ``variant`` is the run's resolved settings (:meth:`uda.summary.RunSummary.variant`) as
     one canonical string, so runs that differ in any resolved setting land in different rows.
     """
     summary = RunSummary.from_dict(data)
-    noop = f" (no-op: {summary.harmonizer_noop})" if summary.harmonizer_noop else ""
+    noop = " (no-op)" if summary.harmonizer_noop else ""
     split = summary.results.get("source_val_split") or (data.get("model_selection") or {}).get("source_val_measured_on")
     record: dict[str, Any] = {
         "dataset": summary.dataset,

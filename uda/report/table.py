@@ -178,7 +178,8 @@ def caption(selection: str) -> str:
         f"Model selection: `{selection}` ({SELECTIONS[selection].meaning}). "
         "Target accuracy and conflict rates in %, mean ± sample std over seeds. conflict before: monitored "
         "steps whose loss gradients meet at an obtuse angle; conflict after: steps whose applied (harmonized) "
-        "update still opposes one of them. s/iter: seconds per training iteration. "
+        "update still opposes one of them. (no-op): the harmonizer never acted in these runs (e.g. the "
+        "baseline has one loss; each run's summary.json says why). s/iter: seconds per training iteration. "
         "paper: the accuracy reported in the GH paper (TPAMI) for the same task, baseline and harmonizer "
         "(GH++ at its λ = 0.5). avg: mean over the dataset's tasks, for methods with a result on all of them."
     )
