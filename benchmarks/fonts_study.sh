@@ -13,7 +13,8 @@
 # `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
 #
 # Length: source-only, CDAN+E and DANN run 5000 iterations (eval every 250); MCD 10000 (each iteration is
-# 1 + 1 + num_k=4 optimizer steps; on MNIST<->UCI it was still improving at 600). Report:
+# 1 + 1 + num_k=4 optimizer steps; on MNIST<->UCI it was still improving at 600). Cost on one core: about
+# 10 min per CDAN+E/DANN run, about 2.3 h per MCD run (3.5x CDAN+E per iteration; fonts_study/README.md). Report:
 #   make report RUNS=logs/study/fonts OUT=benchmarks/results/fonts_study
 # Usage: benchmarks/fonts_study.sh baseline [baseline ...]   (source_only, cdan, dann, mcd, ...)
 # Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp upgrad", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
