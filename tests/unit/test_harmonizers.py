@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from uda.harmonizers import GH, GHPP, Harmonizer, NoHarmonizer
+from uda.harmonizers import GH, GHPP, MGDA, Harmonizer, NoHarmonizer
 
 
 def gram_of(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
@@ -666,8 +666,6 @@ def test_cagrad_with_three_losses_minimizes_its_dual_over_the_simplex(seed: int)
     ],
 )
 def test_mgda_two_losses_at_the_simplex_vertices(g, expected) -> None:
-    from uda.harmonizers import MGDA
-
     vectors = torch.tensor(g, dtype=torch.float64)
     assert MGDA().weights(vectors @ vectors.T).tolist() == pytest.approx(expected, abs=1e-12)
 
