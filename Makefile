@@ -46,7 +46,7 @@ mutate: ## Mutation score of harmonizers/engine/report/record (mutmut, resumable
 	$(PY) benchmarks/mutation_report.py \
 		--command "make mutate MUTATE_BUDGET=$(MUTATE_BUDGET) MUTATE_JOBS=$(MUTATE_JOBS) MUTATE_NICE=$(MUTATE_NICE) MUTANTS='$(MUTANTS)'"
 
-RUNS ?= logs/study/fonts
+RUNS ?= benchmarks/results/fonts_study/runs
 OUT ?= benchmarks/results/fonts_study
 study: ## The README's fonts->mnist study, 5 seeds, resumable (CPU, days on 2 cores) -> logs/study/fonts
 	PY=$(PY) benchmarks/fonts_study.sh source_only cdan

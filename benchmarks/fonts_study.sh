@@ -5,19 +5,24 @@
 # near zero; benchmarks/results/fonts_study/README.md).
 # Synthetic-to-real: digits rendered with matplotlib's fonts -> 5,000 real MNIST digits (offline, CPU only).
 #
-# Every run is one `run.py` call with its own directory, $OUT/<task>/<baseline>/<harmonizer>/seed<k>, so a
-# run lands as soon as it finishes and an interrupted study loses at most the run in progress: a run
-# with summary.json is skipped, and a run stopped part-way resumes from its last checkpoint (ckpt_path=last,
-# exact resume). Order: seed by seed over the baselines given (every harmonizer of a seed before the next
+# Every run is one `run.py` call with its own directory, $OUT/<task>/<baseline>/<harmonizer>/seed<k>
+# (checkpoints, full per-step logs; not committed). When a run finishes, its small record (summary, config,
+# evaluation rows of its log: `python -m uda.report.keep`) is written to the same path under $RECORDS, which
+# is in the repository, and with COMMIT=1 committed at once, so that losing the machine or the scratch
+# space loses at most the run in progress. A run with a record (or a summary.json in $OUT) is skipped, and a
+# run stopped part-way resumes from its last checkpoint when $OUT still has it (ckpt_path=last, exact resume). Order: seed by seed over the baselines given (every harmonizer of a seed before the next
 # seed), so the paired differences to `none` gain a seed at a time; `make study` runs
 # `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
 #
-# Length: source-only, CDAN+E and DANN run 5000 iterations (eval every 250); MCD 10000 (each iteration is
-# 1 + 1 + num_k=4 optimizer steps; on MNIST<->UCI it was still improving at 600). Cost on one core: about
-# 10 min per CDAN+E/DANN run, about 2.3 h per MCD run (3.5x CDAN+E per iteration; fonts_study/README.md). Report:
-#   make report RUNS=logs/study/fonts OUT=benchmarks/results/fonts_study
+# Length: source-only, CDAN+E and DANN run 5000 iterations (eval every 250); MCD 8000 (each iteration is
+# 1 + 1 + num_k=4 optimizer steps). A first 10000-iteration MCD run (seed 0, none; its logs were lost with the
+# machine, its curve is quoted in fonts_study/README.md) rose by 2.6 points from 3000 to 5000 and by 0.2 from
+# 5000 to 6500, so 8000 leaves the last 3000 iterations to show the plateau. Cost on one core: about
+# 10 min per CDAN+E/DANN run, about 1.6 h per MCD run (0.68 s per iteration; fonts_study/README.md). Report:
+#   make report RUNS=benchmarks/results/fonts_study/runs OUT=benchmarks/results/fonts_study
 # Usage: benchmarks/fonts_study.sh baseline [baseline ...]   (source_only, cdan, dann, mcd, ...)
 # Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp upgrad", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
+#      RECORDS=benchmarks/results/fonts_study/runs, COMMIT=0 (1: `git commit` each record as it lands),
 #      NICE=19 (the study yields the CPU to everything else), PY=.venv/bin/python, STOP_FILE (see below),
 #      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test),
 #      OMP_NUM_THREADS=1 (threads per run), JOBS=1 (runs at a time; each run is locked by its worker).
@@ -29,6 +34,8 @@
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-logs/study/fonts}
+RECORDS=${RECORDS:-benchmarks/results/fonts_study/runs}
+COMMIT=${COMMIT:-0}
 SEEDS=${SEEDS:-0 1 2 3 4}
 HARMONIZERS=${HARMONIZERS:-none gh ghpp upgrad}
 SOURCE=${SOURCE:-fonts}
@@ -51,15 +58,35 @@ iterations() {
     return
   fi
   case "$1" in
-    mcd) echo "iterations=10000 eval_every=500" ;;
+    mcd) echo "iterations=8000 eval_every=500" ;;
     *) echo "iterations=5000 eval_every=250" ;;
   esac
 }
 
+keep() {  # run_dir record_dir: write the run's small record and, with COMMIT=1, commit it
+  "$PY" -m uda.report.keep "$1" "$2" >/dev/null
+  [ "$COMMIT" = 1 ] || return 0
+  local try
+  for try in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
+    # run in the record's own checkout (the study may run from another worktree of the repository)
+    if git -C "$2" add -- . && git -C "$2" commit -q -m "Fonts study: ${2#"$RECORDS"/} finished" -- .; then
+      return 0
+    fi
+    sleep $((try * 5))
+  done
+  echo "could not commit $2; commit it by hand" >&2
+}
+
 one_run() {  # baseline harmonizer seed
-  local dir="$OUT/${SOURCE}_${TARGET}/$1/$2/seed$3" lock
-  if [ -f "$dir/summary.json" ]; then
-    echo "done already: $dir"
+  local rel="${SOURCE}_${TARGET}/$1/$2/seed$3"
+  local dir="$OUT/$rel" record="$RECORDS/$rel" lock
+  if [ -f "$record/summary.json" ]; then
+    echo "done already: $record"
+    return 0
+  fi
+  if [ -f "$dir/summary.json" ]; then  # finished, but its record was not written (interrupted in between)
+    keep "$dir" "$record"
+    echo "done already: $dir (record written)"
     return 0
   fi
   if [ -e "$STOP_FILE" ]; then
@@ -69,7 +96,7 @@ one_run() {  # baseline harmonizer seed
   mkdir -p "$dir"
   # a run belongs to the worker holding its lock (released when that worker's processes end, even killed)
   exec {lock}>"$dir/.lock"
-  if ! flock -n "$lock" || [ -f "$dir/summary.json" ]; then
+  if ! flock -n "$lock" || [ -f "$dir/summary.json" ] || [ -f "$record/summary.json" ]; then
     echo "running or finished in another worker: $dir"
     exec {lock}>&-
     return 0
@@ -79,7 +106,8 @@ one_run() {  # baseline harmonizer seed
   if nice -n "$NICE" "$PY" run.py baseline="$1" harmonizer="$2" seed="$3" dataset.source="$SOURCE" \
     dataset.target="$TARGET" $(iterations "$1") ckpt_path=last logger=csv trainer.enable_progress_bar=false \
     hydra.run.dir="$dir" >"$dir/stdout.log" 2>&1; then
-    echo "$(date -u +%FT%TZ) finished $dir"
+    keep "$dir" "$record"
+    echo "$(date -u +%FT%TZ) finished $dir (record: $record)"
   else
     # uda.report lists a directory with error.txt and no summary.json as a failed run
     [ -f "$dir/error.txt" ] || tail -n 1 "$dir/stdout.log" >"$dir/error.txt"
