@@ -48,10 +48,10 @@ mutate: ## Mutation score of harmonizers/engine/report/record (mutmut, resumable
 
 RUNS ?= benchmarks/results/fonts_study/runs
 OUT ?= benchmarks/results/fonts_study
-study: ## The README's fonts->mnist study, 5 seeds, resumable (CPU, days on 2 cores) -> logs/study/fonts
-	PY=$(PY) benchmarks/fonts_study.sh source_only cdan
-	PY=$(PY) benchmarks/fonts_study.sh dann
-	PY=$(PY) benchmarks/fonts_study.sh mcd
+study: ## The README's fonts->mnist study, 5 seeds, resumable (CPU, days on 2 cores) -> benchmarks/results/fonts_study/runs
+	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh source_only cdan
+	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh dann
+	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh mcd
 
 study-digits: ## The earlier MNIST<->UCI study + GH++ lambda sweep (CPU, hours) -> logs/study/{digits,lambda}
 	PY=$(PY) benchmarks/digits_study.sh
