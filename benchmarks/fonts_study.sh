@@ -14,11 +14,11 @@
 # seed), so the paired differences to `none` gain a seed at a time; `make study` runs
 # `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
 #
-# Length: source-only, CDAN+E and DANN run 5000 iterations (eval every 250); MCD 8000 (each iteration is
-# 1 + 1 + num_k=4 optimizer steps). A first 10000-iteration MCD run (seed 0, none; its logs were lost with the
-# machine, its curve is quoted in fonts_study/README.md) rose by 2.6 points from 3000 to 5000 and by 0.2 from
-# 5000 to 6500, so 8000 leaves the last 3000 iterations to show the plateau. Cost on one core: about
-# 10 min per CDAN+E/DANN run, about 1.6 h per MCD run (0.68 s per iteration; fonts_study/README.md). Report:
+# Length: source-only runs 5000 iterations, CDAN+E and DANN 10000 (eval every 250; CDAN+E seed 1 still gained
+# 4 points between 3250 and 5000, so 5000 was too short for them); MCD 8000 (each iteration is
+# 1 + 1 + num_k=4 optimizer steps): MCD seed 0 (none) read 82.4 % at 5000 and 83.9, 83.4, 84.0, 84.2, 83.5 %
+# at 6000-8000, flat over the last 2000. Cost on one core: about 20 min per CDAN+E/DANN run, about 1.6 h per
+# MCD run (0.68 s per iteration; fonts_study/README.md). Report:
 #   make report RUNS=benchmarks/results/fonts_study/runs OUT=benchmarks/results/fonts_study
 # Usage: benchmarks/fonts_study.sh baseline [baseline ...]   (source_only, cdan, dann, mcd, ...)
 # Env: SEEDS="0 1 2 3 4", HARMONIZERS="none gh ghpp upgrad", SOURCE=fonts, TARGET=mnist, OUT=logs/study/fonts,
@@ -59,8 +59,13 @@ iterations() {
   fi
   case "$1" in
     mcd) echo "iterations=8000 eval_every=500" ;;
-    *) echo "iterations=5000 eval_every=250" ;;
+    source_only) echo "iterations=5000 eval_every=250" ;;
+    *) echo "iterations=10000 eval_every=250" ;;
   esac
+}
+
+finished() {  # summary.json iterations: whether that summary exists and its run reached the iterations
+  [ -f "$1" ] && "$PY" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("iterations", 0) < int(sys.argv[2]))' "$1" "$2"
 }
 
 keep() {  # run_dir record_dir: write the run's small record and, with COMMIT=1, commit it
@@ -79,12 +84,16 @@ keep() {  # run_dir record_dir: write the run's small record and, with COMMIT=1,
 
 one_run() {  # baseline harmonizer seed
   local rel="${SOURCE}_${TARGET}/$1/$2/seed$3"
-  local dir="$OUT/$rel" record="$RECORDS/$rel" lock
-  if [ -f "$record/summary.json" ]; then
+  local dir="$OUT/$rel" record="$RECORDS/$rel" lock length
+  length=$(iterations "$1" | sed 's/^iterations=\([0-9]*\).*/\1/')
+  # a run recorded with fewer iterations (the study's length grew) is extended: from its checkpoint when
+  # $OUT still has it (exact: every schedule of these baselines depends on the iteration, not on the length),
+  # else from scratch
+  if finished "$record/summary.json" "$length"; then
     echo "done already: $record"
     return 0
   fi
-  if [ -f "$dir/summary.json" ]; then  # finished, but its record was not written (interrupted in between)
+  if finished "$dir/summary.json" "$length"; then  # finished, but its record was not written (interrupted in between)
     keep "$dir" "$record"
     echo "done already: $dir (record written)"
     return 0
@@ -96,7 +105,7 @@ one_run() {  # baseline harmonizer seed
   mkdir -p "$dir"
   # a run belongs to the worker holding its lock (released when that worker's processes end, even killed)
   exec {lock}>"$dir/.lock"
-  if ! flock -n "$lock" || [ -f "$dir/summary.json" ] || [ -f "$record/summary.json" ]; then
+  if ! flock -n "$lock" || finished "$dir/summary.json" "$length" || finished "$record/summary.json" "$length"; then
     echo "running or finished in another worker: $dir"
     exec {lock}>&-
     return 0
