@@ -10,8 +10,8 @@
 # evaluation rows of its log: `python -m uda.report.keep`) is written to the same path under $RECORDS, which
 # is in the repository, and with COMMIT=1 committed at once, so that losing the machine or the scratch
 # space loses at most the run in progress. A run with a record (or a summary.json in $OUT) is skipped, and a
-# run stopped part-way resumes from its last checkpoint when $OUT still has it (ckpt_path=last, exact resume). Order: seed by seed over the baselines given (every harmonizer of a seed before the next
-# seed), so the paired differences to `none` gain a seed at a time; `make study` runs
+# run stopped part-way resumes from its last checkpoint when $OUT still has it (ckpt_path=last, exact resume).
+# Order: seed by seed over the baselines given (every harmonizer of a seed before the next seed), so the paired differences to `none` gain a seed at a time; `make study` runs
 # `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
 #
 # Length: source-only runs 5000 iterations, CDAN+E and DANN 10000 (eval every 250; CDAN+E seed 1 still gained
@@ -114,7 +114,7 @@ one_run() {  # baseline harmonizer seed
   # shellcheck disable=SC2046  # iterations prints two overrides
   if nice -n "$NICE" "$PY" run.py baseline="$1" harmonizer="$2" seed="$3" dataset.source="$SOURCE" \
     dataset.target="$TARGET" $(iterations "$1") ckpt_path=last logger=csv trainer.enable_progress_bar=false \
-    hydra.run.dir="$dir" >"$dir/stdout.log" 2>&1; then
+    hydra.run.dir="$dir" >>"$dir/stdout.log" 2>&1; then  # appended: a resumed run keeps each attempt's output
     keep "$dir" "$record"
     echo "$(date -u +%FT%TZ) finished $dir (record: $record)"
   else
