@@ -11,8 +11,9 @@
 # is in the repository, and with COMMIT=1 committed at once, so that losing the machine or the scratch
 # space loses at most the run in progress. A run with a record (or a summary.json in $OUT) is skipped, and a
 # run stopped part-way resumes from its last checkpoint when $OUT still has it (ckpt_path=last, exact resume).
-# Order: seed by seed over the baselines given (every harmonizer of a seed before the next seed), so the paired differences to `none` gain a seed at a time; `make study` runs
-# `fonts_study.sh source_only cdan`, then `dann`, then `mcd`.
+# Order: seed by seed over the baselines given (every harmonizer of a seed before the next seed), so the
+# paired differences to `none` gain a seed at a time; `make study` runs `fonts_study.sh source_only cdan`,
+# then `dann`, then `mcd`.
 #
 # Length: source-only runs 5000 iterations, CDAN+E and DANN 10000 (eval every 250; CDAN+E seed 1 still gained
 # 4 points between 3250 and 5000, so 5000 was too short for them); MCD 8000 (each iteration is
