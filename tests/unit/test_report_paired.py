@@ -24,6 +24,7 @@ from uda.report.paired import (
     paired_markdown,
     t_975,
 )
+from uda.report.table import aggregate
 
 
 def test_t_quantiles_match_the_printed_table(monkeypatch) -> None:
@@ -106,6 +107,47 @@ def test_each_harmonizer_against_none_on_common_seeds(tmp_path: Path) -> None:
     assert adaptation.interval.mean == pytest.approx(11.0) and adaptation.verdict == "real: higher"
     assert adaptation.interval.low == pytest.approx(11.0 - 2.48434, abs=1e-3)
     assert set(differences) == {("cdan + gh", "cdan + none"), ("cdan + none", "source_only")}
+
+
+def test_runs_of_different_lengths_are_never_paired_and_get_their_own_rows(tmp_path: Path) -> None:
+    """A study extended part-way holds cdan at 5000 and at 10000 iterations for the same seeds. Each length is
+    its own comparison (by hand: gh − none at 5000, d = 1, 2, 0 -> mean 1, std 1; at 10000, d = 2, 1, 3 ->
+    mean 2, std 1), both lengths are compared with the longest source-only runs (5000; a lone 2000-iteration
+    source-only run of seed 0 is left out: d = 10, 11, 12 and 20, 21, 22), and the table has one row per
+    length, named by the setting in which they differ. Pooling the lengths would average 0.80 with 0.90."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        for iterations, none, gh in ((5000, 0.80, (0.81, 0.84, 0.84)), (10000, 0.90, (0.92, 0.93, 0.97))):
+            none_acc = none + 0.02 * seed
+            common = {"baseline": "cdan", "seed": seed, "iterations": iterations}
+            fake_run(root, f"cdan/none/{iterations}/{seed}", harmonizer="none", target_acc_last=none_acc, **common)
+            fake_run(root, f"cdan/gh/{iterations}/{seed}", harmonizer="gh", target_acc_last=gh[seed], **common)
+        so = {"baseline": "source_only", "harmonizer": "none (no-op)", "seed": seed, "iterations": 5000}
+        fake_run(root, f"so/{seed}", target_acc_last=0.70 + 0.01 * seed, **so)
+    fake_run(root, "so/short", **{**so, "seed": 0, "iterations": 2000}, target_acc_last=0.10)
+    runs = collect(root)
+    differences = {(d.method, d.reference): d for d in paired_differences(runs, "last")}
+    assert set(differences) == {
+        ("cdan (5000 it) + gh", "cdan (5000 it) + none"),
+        ("cdan (10000 it) + gh", "cdan (10000 it) + none"),
+        ("cdan (5000 it) + none", "source_only (5000 it)"),
+        ("cdan (10000 it) + none", "source_only (5000 it)"),
+    }
+    for (method, reference), (mean, std) in {
+        ("cdan (5000 it) + gh", "cdan (5000 it) + none"): (1.0, 1.0),
+        ("cdan (10000 it) + gh", "cdan (10000 it) + none"): (2.0, 1.0),
+        ("cdan (5000 it) + none", "source_only (5000 it)"): (11.0, 1.0),
+        ("cdan (10000 it) + none", "source_only (5000 it)"): (21.0, 1.0),
+    }.items():
+        interval = differences[(method, reference)].interval
+        assert differences[(method, reference)].seeds == (0, 1, 2)
+        assert (interval.mean, interval.std) == (pytest.approx(mean), pytest.approx(std)), method
+    table = aggregate(runs, "last")
+    none_rows = table[(table["baseline"] == "cdan") & (table["harmonizer"] == "none")]
+    assert sorted(zip(none_rows["settings"], none_rows["acc_mean"], strict=True)) == [
+        ("iterations=10000", pytest.approx(92.0)),
+        ("iterations=5000", pytest.approx(82.0)),
+    ]
 
 
 def test_paired_frame_by_hand_with_seeds_in_numeric_order_and_a_run_without_the_accuracy(tmp_path: Path) -> None:

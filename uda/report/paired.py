@@ -14,7 +14,8 @@ both have a finished run with the selected accuracy:
 (Student's paired t interval). A difference is called real only when the interval excludes 0; with fewer
 than two common seeds there is no interval. Adaptation itself is compared the same way: each baseline with
 ``none`` against ``source_only`` on the same task and seeds. Several runs of one (method, seed), e.g. a
-rerun in another directory, count as one: their mean.
+rerun in another directory, count as one: their mean. Runs of different lengths are never paired
+(:func:`paired_differences`).
 """
 
 from __future__ import annotations
@@ -122,29 +123,56 @@ def _difference(dataset, task, method, reference, ours, theirs, column) -> Paire
     return PairedDifference(dataset, task, method, reference, seeds, interval)
 
 
+def _length_order(iterations: int | None) -> tuple[bool, int]:
+    return iterations is None, iterations or 0  # shortest first; runs of unknown length last
+
+
+def _named(baseline: str, iterations: int | None, lengths: int) -> str:
+    """``baseline``, with its length when the task holds runs of several lengths of it: "cdan (10000 it)"."""
+    return baseline if lengths == 1 or iterations is None else f"{baseline} ({iterations} it)"
+
+
 def paired_differences(runs: Runs, selection: str = "last") -> list[PairedDifference]:
-    """Every harmonizer against ``none`` per dataset/task/baseline, then every baseline with ``none``
-    against ``source_only`` (see the module docstring); comparisons without a common seed are left out."""
+    """Every harmonizer against ``none`` per dataset/task/baseline/length, then every baseline with ``none``
+    against ``source_only`` (see the module docstring); comparisons without a common seed are left out.
+
+    Runs of different lengths (``iterations``) are never paired with each other: a study extended part-way
+    would otherwise compare a long run with a short one. When a task holds several lengths of a baseline, each
+    length is its own comparison and its name carries the length, "cdan (10000 it) + gh". A baseline is
+    compared with the longest ``source_only`` runs of its task (source-only has no schedule to match).
+    """
     column = f"acc_{selection}"
-    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
+    # (dataset, task, baseline) -> iterations -> harmonizer label -> records
+    groups: dict[tuple[str, str, str], dict[int | None, dict[str, list[dict[str, Any]]]]] = {}
     for record in runs.finished:
         key = (record["dataset"], record["task"], record["baseline"])
-        groups.setdefault(key, {}).setdefault(record["harmonizer"], []).append(record)
+        by_label = groups.setdefault(key, {}).setdefault(record.get("iterations"), {})
+        by_label.setdefault(record["harmonizer"], []).append(record)
     out = []
-    for (dataset, task, baseline), harmonizers in sorted(groups.items()):
-        reference = [r for records in harmonizers.values() for r in records if r["harmonizer_name"] == REFERENCE]
-        for label, records in sorted(harmonizers.items()):
-            if records[0]["harmonizer_name"] != REFERENCE and reference:
-                out.append(
-                    _difference(dataset, task, f"{baseline} + {label}", f"{baseline} + none", records, reference,
-                                column)
-                )  # fmt: skip
-    for (dataset, task, baseline), harmonizers in sorted(groups.items()):
+    for (dataset, task, baseline), lengths in sorted(groups.items()):
+        for iterations in sorted(lengths, key=_length_order):
+            harmonizers = lengths[iterations]
+            name = _named(baseline, iterations, len(lengths))
+            reference = [r for records in harmonizers.values() for r in records if r["harmonizer_name"] == REFERENCE]
+            for label, records in sorted(harmonizers.items()):
+                if records[0]["harmonizer_name"] != REFERENCE and reference:
+                    out.append(
+                        _difference(dataset, task, f"{name} + {label}", f"{name} + none", records, reference, column)
+                    )
+    for (dataset, task, baseline), lengths in sorted(groups.items()):
         source_only = groups.get((dataset, task, SOURCE_ONLY), {})
-        plain = [r for records in harmonizers.values() for r in records if r["harmonizer_name"] == REFERENCE]
-        if baseline != SOURCE_ONLY and source_only and plain:
-            others = [r for records in source_only.values() for r in records]
-            out.append(_difference(dataset, task, f"{baseline} + none", SOURCE_ONLY, plain, others, column))
+        if baseline == SOURCE_ONLY or not source_only:
+            continue
+        known = [k for k in source_only if k is not None]
+        longest = max(known) if known else None
+        others = [r for records in source_only[longest].values() for r in records]
+        reference_name = _named(SOURCE_ONLY, longest, len(source_only))
+        for iterations in sorted(lengths, key=_length_order):
+            harmonizers = lengths[iterations]
+            plain = [r for records in harmonizers.values() for r in records if r["harmonizer_name"] == REFERENCE]
+            if plain:
+                name = _named(baseline, iterations, len(lengths))
+                out.append(_difference(dataset, task, f"{name} + none", reference_name, plain, others, column))
     return [d for d in out if d.seeds]
 
 

@@ -60,6 +60,13 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None  # json reads NaN and Infinity; neither is a result
 
 
+def _iterations(value: Any) -> int | None:
+    """A run's length as an int, or None when the summary lacks it (or holds something else)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
 def selected_accuracy(summary: RunSummary, selection: Selection) -> float | None:
     """The target accuracy of ``selection`` in one summary, or None when the run predates that key."""
     return _number(summary.results.get(selection.key))
@@ -71,10 +78,15 @@ def run_record(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
     ``harmonizer`` is the label that groups runs: the harmonizer's name and hyper-parameters, marked
     " (no-op)" when it never acted (the reason is left out: its wording changed between versions, and it follows
     from the baseline and settings, which do group);
-    ``variant`` is the run's resolved settings (:meth:`uda.summary.RunSummary.variant`) as
-    one canonical string, so runs that differ in any resolved setting land in different rows.
+    ``variant`` is the run's resolved settings (:meth:`uda.summary.RunSummary.variant`) and its length
+    (``iterations``) as one canonical string, so runs that differ in any resolved setting, or that trained for
+    a different number of iterations (a study extended part-way), land in different rows.
     """
     summary = RunSummary.from_dict(data)
+    iterations = _iterations(summary.results.get("iterations"))
+    variant = summary.variant()
+    if iterations is not None:  # older summaries lack it; they keep the variant they always had
+        variant["iterations"] = iterations
     noop = " (no-op)" if summary.harmonizer_noop else ""
     split = summary.results.get("source_val_split") or (data.get("model_selection") or {}).get("source_val_measured_on")
     record: dict[str, Any] = {
@@ -84,7 +96,8 @@ def run_record(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "harmonizer": summary.harmonizer_label + noop,
         "harmonizer_name": summary.harmonizer_name,
         "lam": _number(summary.harmonizer_params.get("lam")),
-        "variant": json.dumps(summary.variant(), sort_keys=True),
+        "variant": json.dumps(variant, sort_keys=True),
+        "iterations": iterations,
         "seed": summary.seed,
         "run_dir": run_dir,
         # what source_val's source accuracy was measured on (uda.train names the split since it exists)
