@@ -62,9 +62,8 @@ def _number(value: Any) -> float | None:
 
 def _iterations(value: Any) -> int | None:
     """A run's length as an int, or None when the summary lacks it (or holds something else)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return int(value)
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def selected_accuracy(summary: RunSummary, selection: Selection) -> float | None:
