@@ -27,12 +27,13 @@ test: ## Run the test suite (the slow end-to-end runs are excluded; see test-slo
 test-slow: ## Run only the slow end-to-end tests (full-length training runs)
 	$(PY) -m pytest -m slow
 
-bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughput) -> benchmarks/results/*.{json,md}
+bench: ## Benchmarks (harmonizer overhead, ResNet-50 CDAN+E step, data throughput, plain pass) -> benchmarks/results/*.{json,md}
 	$(PY) benchmarks/harmonizer_overhead.py
 	$(PY) benchmarks/resnet50_step.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/harmonizer_calls.py
 	$(PY) benchmarks/prompt_step.py
+	$(PY) benchmarks/plain_pass.py
 
 # mutation testing: resumable, each call stops after MUTATE_BUDGET (GNU timeout syntax) and the next one goes on
 MUTATE_BUDGET ?= 4h

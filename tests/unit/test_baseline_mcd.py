@@ -123,3 +123,39 @@ def test_step_b_gram_is_over_the_generator_and_tau_multiplies_the_classifier_upd
     # and the classifiers' update is tau1·g_cls + tau2·3·g_neg_disc over F
     expected = 2.0 * flat(ref.losses["cls"], f_params) + 0.5 * 3.0 * flat(ref.losses["neg_discrepancy"], f_params)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("stage", "stepped"), [("maximize", ("classifier1", "classifier2")), ("minimize", ("backbone",))]
+)
+def test_plain_pass_differentiates_only_the_stepped_modules_with_the_full_passs_gradients(
+    stage: str, stepped: tuple[str, ...]
+) -> None:
+    from uda.harmonizers import NoHarmonizer
+    from uda.training import StepHooks
+
+    def grads(hooks: StepHooks) -> dict[str, torch.Tensor | None]:
+        m = mcd_module(NoHarmonizer())  # same initial weights each time (seed 0)
+        params = [p for name in stepped for p in getattr(m.baseline, name).parameters()]
+        loss_fn = partial(m.baseline.stage(stage).loss_fn, maximize_batch(), 0)
+        with torch.random.fork_rng():
+            torch.manual_seed(5)  # the same dropout masks in both passes
+            # iteration 1: not a monitored step (monitor_every 10), so the stage takes one plain backward pass
+            run_stage(m.plans[stage], loss_fn, [torch.optim.SGD(params, lr=0.0)], [], iteration=1, hooks=hooks)
+        return {n: p.grad for n, p in m.baseline.named_parameters()}
+
+    restricted, full = grads(StepHooks()), grads(StepHooks(only_stepped=False))
+    for name, grad in restricted.items():
+        if name.split(".")[0] in stepped:
+            assert grad is not None and torch.equal(grad, full[name]), name  # bitwise the full pass's
+        else:
+            assert grad is None, name  # not computed at all
+            assert full[name] is not None  # while the full pass computed (and wasted) it
+
+
+def test_ddp_hooks_fill_every_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uda.training.hooks as hooks_module
+
+    assert hooks_module.scaled_step_hooks(torch.Tensor.backward, None, torch.device("cpu")).only_stepped
+    monkeypatch.setattr(hooks_module, "world_size", lambda: 2)  # under DDP the reducer needs every gradient
+    assert not hooks_module.scaled_step_hooks(torch.Tensor.backward, None, torch.device("cpu")).only_stepped

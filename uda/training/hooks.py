@@ -13,7 +13,7 @@ from uda.training.step import StepHooks
 
 
 def scaled_step_hooks(
-    backward: Callable[[Tensor], None], scaler: torch.amp.GradScaler | None, device: torch.device
+    backward: Callable[..., None], scaler: torch.amp.GradScaler | None, device: torch.device
 ) -> StepHooks:
     """:class:`StepHooks` that back-propagate with ``backward`` (Lightning: ``manual_backward``), average over DDP
     ranks when there are several, and report a step the enabled ``scaler`` skipped (inf/NaN gradients).
@@ -39,4 +39,6 @@ def scaled_step_hooks(
         reduce_gram=all_reduce_feature_gram if distributed else None,
         loss_scale=loss_scale,
         step=step,
+        # DDP's reducer waits for every wrapped parameter's gradient: a plain pass there fills them all
+        only_stepped=not distributed,
     )

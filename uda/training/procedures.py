@@ -56,7 +56,11 @@ def backprop(inputs: StepInputs) -> GradStats | None:
     """The paper's procedure: Σ_i trade_off_i tau_i g_i written into ``.grad`` by the gradient engine."""
     plan, hooks = inputs.plan, inputs.hooks
     if not inputs.measure:
-        hooks.backward(sum(c * loss for c, loss in zip(plan.trade_offs, inputs.losses, strict=True)))
+        total = sum(c * loss for c, loss in zip(plan.trade_offs, inputs.losses, strict=True))
+        if hooks.only_stepped:  # the same .grad of the stepped parameters, without the others' gradients
+            hooks.backward(total, inputs=list(inputs.params))
+        else:
+            hooks.backward(total)
         return None
     if plan.grad_space == "features":
         if inputs.features is None:

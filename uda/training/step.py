@@ -46,19 +46,25 @@ class StepHooks:
     """How the surrounding trainer takes part in a step (plain PyTorch by default).
 
     Attributes:
-        backward: runs an ordinary backward pass of a scalar (Lightning: ``manual_backward``).
+        backward: runs an ordinary backward pass of a scalar (Lightning: ``manual_backward``); called with
+            ``inputs=`` (the stepped parameters) when ``only_stepped``.
         reduce: averages a tensor over data-parallel ranks in place (per-loss gradients, loss values), or None.
         reduce_gram: combines per-rank feature-space Gram matrices, or None.
         loss_scale: the float16 GradScaler's current scale as a tensor, or None without one.
         step: ``step(optimizer, clip_grad_norm) -> applied``: clips and steps one optimizer, returning
             False when the step was skipped (a GradScaler that found inf/NaN gradients).
+        only_stepped: whether a plain backward pass may differentiate only the parameters the stage steps
+            (``backward(total, inputs=params)``). The gradients it fills are bitwise those of a full pass; it
+            skips the rest (MCD's step B needs no generator gradient, its step C no classifier weight
+            gradient). Off under DDP, whose reducer expects a gradient of every parameter it wraps.
     """
 
-    backward: Callable[[Tensor], None] = Tensor.backward
+    backward: Callable[..., None] = Tensor.backward
     reduce: Callable[[Tensor], Tensor] | None = None
     reduce_gram: Callable[[Tensor], Tensor] | None = None
     loss_scale: Callable[[], Tensor | None] = _no_loss_scale
     step: Callable[[Optimizer, float | None], bool] = plain_step
+    only_stepped: bool = True
 
 
 @dataclass(frozen=True)
