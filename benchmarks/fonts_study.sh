@@ -31,8 +31,10 @@
 # A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
 # Yielding the CPU: on Linux with sched_autogroup_enabled=1, nice only ranks processes inside their session's
 # autogroup, and the autogroups share the CPU as equals. To let the study take only idle CPU, start it in a
-# session of its own and lower that session's weight:
-#   setsid benchmarks/fonts_study.sh cdan & echo 19 > /proc/$!/autogroup
+# session of its own; the script then lowers its session's autogroup to $NICE itself:
+#   setsid benchmarks/fonts_study.sh cdan &
+# (not `echo 19 > /proc/$!/autogroup` from the caller: setsid forks when it leads a process group, as it does
+# under job control, and $! is then the caller's session, which that line would lower instead.)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-logs/study/fonts}
@@ -48,6 +50,11 @@ JOBS=${JOBS:-1}
 # one intra-op thread per run: a LeNet batch gains little from two, and on a shared, oversubscribed machine
 # OpenMP threads waiting on each other waste the CPU the study is meant to take only when idle
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# a study in a session of its own (setsid) lowers that session's autogroup; in a shared session it leaves the
+# autogroup alone, since that would lower the caller's shell and everything else started from it
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+  echo "$NICE" >/proc/self/autogroup
+fi
 baselines=("$@")
 if [ ${#baselines[@]} -eq 0 ]; then
   echo "usage: $0 baseline [baseline ...]   e.g. $0 source_only cdan" >&2
