@@ -27,8 +27,13 @@
 #      RECORDS=benchmarks/results/fonts_study/runs, COMMIT=0 (1: `git commit` each record as it lands),
 #      NICE=19 (the study yields the CPU to everything else), PY=.venv/bin/python, STOP_FILE (see below),
 #      ITERATIONS / EVAL_EVERY (override the lengths, e.g. ITERATIONS=4 EVAL_EVERY=2 for a smoke test),
-#      OMP_NUM_THREADS=1 (threads per run), JOBS=1 (runs at a time; each run is locked by its worker).
+#      OMP_NUM_THREADS=1 (threads per run), JOBS=1 (runs at a time; each run is locked by its worker),
+#      DEADLINE (see below).
 # A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
+# DEADLINE (any time `date -d` reads, e.g. DEADLINE=21:45 or DEADLINE="+170 min") starts only the runs expected
+# to finish before it, from the minutes per run in minutes() below (two runs on two cores: DANN measured at
+# 11-16, MCD estimated from 0.38-0.45 s per iteration with the only-stepped plain pass): on a machine whose scratch space ends with the session, a run cut off
+# there is lost, so its CPU time is better spent on a shorter run that fits (the walk goes on looking for one).
 # Yielding the CPU: on Linux with sched_autogroup_enabled=1, nice only ranks processes inside their session's
 # autogroup, and the autogroups share the CPU as equals. To let the study take only idle CPU, start it in a
 # session of its own; the script then lowers its session's autogroup to $NICE itself:
@@ -46,6 +51,10 @@ SOURCE=${SOURCE:-fonts}
 TARGET=${TARGET:-mnist}
 NICE=${NICE:-19}
 STOP_FILE=${STOP_FILE:-$OUT/STOP}
+DEADLINE_S=
+if [ -n "${DEADLINE:-}" ]; then
+  DEADLINE_S=$(date -d "$DEADLINE" +%s) || { echo "DEADLINE=$DEADLINE: not a time date -d can read" >&2; exit 2; }
+fi
 JOBS=${JOBS:-1}
 # one intra-op thread per run: a LeNet batch gains little from two, and on a shared, oversubscribed machine
 # OpenMP threads waiting on each other waste the CPU the study is meant to take only when idle
@@ -70,6 +79,14 @@ iterations() {
     mcd) echo "iterations=8000 eval_every=500" ;;
     source_only) echo "iterations=5000 eval_every=250" ;;
     *) echo "iterations=10000 eval_every=250" ;;
+  esac
+}
+
+minutes() {  # baseline: wall minutes one full-length run takes with two runs on two cores (for DEADLINE)
+  case "$1" in
+    mcd) echo 75 ;;
+    source_only) echo 12 ;;
+    *) echo 17 ;;
   esac
 }
 
@@ -110,6 +127,10 @@ one_run() {  # baseline harmonizer seed
   if [ -e "$STOP_FILE" ]; then
     echo "stop file $STOP_FILE found: not starting $dir"
     exit 0
+  fi
+  if [ -n "$DEADLINE_S" ] && [ $(($(date +%s) + 60 * $(minutes "$1"))) -gt "$DEADLINE_S" ]; then
+    echo "not starting $dir: its $(minutes "$1") minutes would end after DEADLINE=$DEADLINE"
+    return 0
   fi
   mkdir -p "$dir"
   # a run belongs to the worker holding its lock (released when that worker's processes end, even killed)
