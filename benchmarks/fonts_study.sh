@@ -30,10 +30,11 @@
 #      OMP_NUM_THREADS=1 (threads per run), JOBS=1 (runs at a time; each run is locked by its worker),
 #      DEADLINE (see below).
 # A file at $STOP_FILE (default $OUT/STOP) makes the study stop before starting its next run.
-# DEADLINE (any time `date -d` reads, e.g. DEADLINE=21:45 or DEADLINE="+170 min") starts only the runs expected
-# to finish before it, from the minutes per run in minutes() below (two runs on two cores: DANN measured at
-# 11-16, MCD estimated from 0.38-0.45 s per iteration with the only-stepped plain pass): on a machine whose scratch space ends with the session, a run cut off
-# there is lost, so its CPU time is better spent on a shorter run that fits (the walk goes on looking for one).
+# DEADLINE (any time `date -d` reads, e.g. DEADLINE=21:45 or DEADLINE="+170 min") starts only the runs
+# expected to finish before it, from the minutes per run in minutes() below (two runs on two cores: DANN
+# measured at 11-16, MCD estimated from 0.38-0.45 s per iteration with the only-stepped plain pass). On a
+# machine whose scratch space ends with the session, a run cut off there is lost, so its CPU time is better
+# spent on a shorter run that fits (the walk goes on looking for one).
 # Yielding the CPU: on Linux with sched_autogroup_enabled=1, nice only ranks processes inside their session's
 # autogroup, and the autogroups share the CPU as equals. To let the study take only idle CPU, start it in a
 # session of its own; the script then lowers its session's autogroup to $NICE itself:
