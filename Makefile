@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # this machine's pip config lists local package folders that may not exist; their warnings are noise
 PIP_QUIET := grep -v "^WARNING: Location '.*' is ignored" || true
 
-.PHONY: help install run test test-slow bench study study-digits report mutate lint format clean
+.PHONY: help install run test test-slow bench study study-uci study-digits report mutate lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ study: ## The README's fonts->mnist study, 5 seeds, resumable (CPU, days on 2 co
 	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh source_only cdan
 	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh dann
 	PY=$(PY) RECORDS=$(RUNS) benchmarks/fonts_study.sh mcd
+
+study-uci: ## The fonts->UCI repeat (source-only, then CDAN+E none), 5 seeds, resumable -> benchmarks/results/fonts_study/runs/fonts_uci
+	PY=$(PY) RECORDS=$(RUNS) SOURCE=fonts TARGET=uci HARMONIZERS=none benchmarks/fonts_study.sh source_only cdan
 
 study-digits: ## The earlier MNIST<->UCI study + GH++ lambda sweep (CPU, hours) -> logs/study/{digits,lambda}
 	PY=$(PY) benchmarks/digits_study.sh
