@@ -309,3 +309,33 @@ def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: 
     (line,) = made[0].axes[0].get_lines()
     assert line.get_xydata().tolist() == [[2.0, 50.0], [4.0, 75.0]]
     assert line.get_marker() == "o" and line.get_linestyle() == "-"
+
+
+def test_learning_curves_give_a_baseline_the_same_colour_in_every_panel(tmp_path: Path, monkeypatch) -> None:
+    """A baseline missing from one task's panel does not shift the colours of the others: mcd is drawn in the
+    same colour on both tasks though the second task has no dann line (colours assigned over all panels)."""
+    made = []
+
+    class RecordedFigure(curves.Figure):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(curves, "Figure", RecordedFigure)
+    root = tmp_path / "runs"
+    cells = (
+        ("mnist→usps", "cdan"),
+        ("mnist→usps", "dann"),
+        ("mnist→usps", "mcd"),
+        ("usps→mnist", "cdan"),
+        ("usps→mnist", "mcd"),
+    )
+    for task, baseline in cells:
+        name = f"{task}_{baseline}"
+        fake_run(root, name, task=task, baseline=baseline, harmonizer="none")
+        _metrics(root / name / "csv" / "metrics.csv", [{"step": 0, "train/iteration": 1, "target/acc": 0.5}])
+    assert plot_learning_curves(collect(root), root, tmp_path / "curves.png") is None
+    colours = [{line.get_label().split(" + ")[0]: line.get_color() for line in ax.get_lines()} for ax in made[0].axes]
+    assert set(colours[0]) == {"cdan", "dann", "mcd"} and set(colours[1]) == {"cdan", "mcd"}
+    assert len(set(colours[0].values())) == 3
+    assert colours[1] == {"cdan": colours[0]["cdan"], "mcd": colours[0]["mcd"]}

@@ -65,12 +65,16 @@ def plot_learning_curves(runs: Runs, runs_dir: str | Path, path: str | Path) -> 
     panels = [(key, lines) for key, lines in chosen.items() if lines]
     if not panels:
         return "no learning curves (no run has a CSV log with target/acc: run with logger=csv)"
+    # one colour per baseline in every panel, so that a reader comparing tasks matches lines by colour
+    colour = {baseline: f"C{i}" for i, baseline in enumerate(sorted({b for _, lines in panels for b in lines}))}
     fig = Figure(figsize=(8, 3.6 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, ((dataset, task), lines) in zip(axes, panels, strict=True):
-        for baseline, (record, curve) in lines.items():
+        for baseline, (record, curve) in sorted(lines.items()):
             label = f"{baseline} + {record['harmonizer_name']}, seed {record['seed']}"
-            ax.plot(curve["iteration"], 100.0 * curve["target_acc"], "o-", markersize=3, label=label)
+            ax.plot(
+                curve["iteration"], 100.0 * curve["target_acc"], "o-", markersize=3, label=label, color=colour[baseline]
+            )
         ax.set_xlabel("training iteration")
         ax.set_ylabel("target test accuracy (%)")
         ax.set_title(f"{dataset} {task}: target accuracy during training (one seed per baseline)")
