@@ -282,18 +282,24 @@ def test_learning_curves_plot_the_lowest_none_seed_of_each_baseline_one_panel_pe
     assert "cdan + gh" not in svg and "cdan + none, seed 1" not in svg
 
 
-def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: Path, monkeypatch) -> None:
-    """The drawn line holds the evaluations as (iteration, 100 · accuracy) points with a marker on each, read
-    off the figure that is saved (the module's Figure, recorded as it is made). With three tasks stacked, no
-    panel's title, labels or ticks run into the next panel's (their drawn extents do not overlap)."""
-    made = []
+@pytest.fixture
+def made(monkeypatch) -> list:
+    """The figures the curves module makes, recorded as they are made (so a test reads the saved figure)."""
+    figures: list = []
 
     class RecordedFigure(curves.Figure):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            made.append(self)
+            figures.append(self)
 
     monkeypatch.setattr(curves, "Figure", RecordedFigure)
+    return figures
+
+
+def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: Path, made: list) -> None:
+    """The drawn line holds the evaluations as (iteration, 100 · accuracy) points with a marker on each, read
+    off the figure that is saved (the module's Figure, recorded as it is made). With three tasks stacked, no
+    panel's title, labels or ticks run into the next panel's (their drawn extents do not overlap)."""
     root = tmp_path / "runs"
     fake_run(root, "a", harmonizer="none")
     train = [{"step": s, "train/iteration": s + 1} for s in range(4)]
@@ -311,17 +317,9 @@ def test_learning_curve_lines_are_accuracy_in_percent_over_iterations(tmp_path: 
     assert line.get_marker() == "o" and line.get_linestyle() == "-"
 
 
-def test_learning_curves_give_a_baseline_the_same_colour_in_every_panel(tmp_path: Path, monkeypatch) -> None:
+def test_learning_curves_give_a_baseline_the_same_colour_in_every_panel(tmp_path: Path, made: list) -> None:
     """A baseline missing from one task's panel does not shift the colours of the others: mcd is drawn in the
     same colour on both tasks though the second task has no dann line (colours assigned over all panels)."""
-    made = []
-
-    class RecordedFigure(curves.Figure):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(curves, "Figure", RecordedFigure)
     root = tmp_path / "runs"
     cells = (
         ("mnist→usps", "cdan"),
